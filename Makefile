@@ -1,0 +1,22 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both build .venv once through `setup`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gansweep-installed
+
+.PHONY: setup demo test
+
+setup: $(STAMP)
+
+# Rebuilt only when pyproject.toml changes: a complete .venv is never reinstalled.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/gansweep train gan --dataset mnist-5k --device cpu
+
+test: setup
+	$(BIN)/python -m pytest -q

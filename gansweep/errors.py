@@ -1,0 +1,40 @@
+"""Errors raised for bad input. The CLI turns each into one line and exit code 2.
+
+Messages follow one form: the rule, the bad value, the way out.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["GansweepError", "ConfigError", "UnknownNameError", "DataUnavailableError"]
+
+
+class GansweepError(Exception):
+    """Base of every error caused by what a user asked for, not by a bug."""
+
+
+class ConfigError(GansweepError):
+    """A parameter value outside its allowed range, or a combination that has no meaning."""
+
+
+class UnknownNameError(GansweepError):
+    """A variant, dataset, study or part name that is not registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str], listing: str | None = None):
+        known = sorted(known)
+        message = f"unknown {kind} {name!r}"
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        else:
+            message += f"; known: {', '.join(known)}"
+        if listing:
+            message += f" (see: {listing})"
+        super().__init__(message)
+        self.kind, self.name = kind, name
+
+
+class DataUnavailableError(GansweepError):
+    """A dataset that is neither under the data root nor downloadable."""

@@ -1,0 +1,269 @@
+"""The one training loop, shared by every variant; the variant's parts decide what each step computes.
+
+A step is: n_critic D updates (loss part + regularizer part, each on a fresh batch), then one G update. Step
+metrics stay on the device in a small buffer and reach the host in one copy every `log_every` G steps, so the
+loop itself never waits on the device. Everything around the loop (tracking, pruning, progress, sample grids,
+checkpoints) is a `Hook`; this module imports neither mlflow nor optuna.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gansweep.config import TrainConfig
+from gansweep.data import DataRecord, Dataset
+from gansweep.errors import ConfigError
+from gansweep.variants import Variant
+
+__all__ = ["Hook", "StepLog", "StopTraining", "TrainState", "TrainResult", "train", "resolve_device",
+           "FIXED_NOISE_SEED"]
+
+FIXED_NOISE_SEED = 1234  # one z for the sample grids of every run, so grids compare across trials and seeds
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; asking for CUDA without one is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class StepLog:
+    """Step metrics of the G steps since the last log, fetched from the device in one copy."""
+
+    steps: list[int]  # G step numbers, 1-based
+    metrics: dict[str, list[float]]  # name -> one value per step
+    images_per_s: float  # images seen by D per second of wall time over these steps
+
+
+@dataclass
+class TrainState:
+    """Everything a hook may look at; hooks must not change the networks or optimizers."""
+
+    variant: Variant
+    config: TrainConfig
+    data: DataRecord
+    device: torch.device
+    g: nn.Module
+    d: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    rng: torch.Generator  # noise, batch order and penalty interpolation; dropout and init use torch's global RNG
+    fixed_z: Tensor
+    fixed_labels: Tensor | None
+    epoch: int = 0  # epochs completed
+    step: int = 0  # G updates done
+    d_steps: int = 0  # D updates done
+    images_seen: int = 0  # real images shown to D
+    last: dict[str, float] = field(default_factory=dict)  # latest logged value of each step metric
+
+    @property
+    def conditional(self) -> bool:
+        return self.fixed_labels is not None
+
+    @torch.no_grad()
+    def sample(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """G's images for `z`, with BatchNorm in inference mode; G is back in training mode afterwards."""
+        was_training = self.g.training
+        self.g.eval()
+        try:
+            return self.g(z, labels)
+        finally:
+            self.g.train(was_training)
+
+    def fixed_samples(self) -> Tensor:
+        return self.sample(self.fixed_z, self.fixed_labels)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str  # finished, diverged, or what a hook's StopTraining said (pruned, ...)
+    reason: str
+    epochs: int
+    steps: int
+    images_seen: int
+    wall_time_s: float
+    last: dict[str, float]
+
+
+class StopTraining(Exception):
+    """Raised by a hook to end training cleanly with a status and a reason (pruning, for one)."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(f"{status}: {reason}")
+        self.status, self.reason = status, reason
+
+
+class Hook:
+    """Called by `train` at named events. Every method is optional; the default does nothing."""
+
+    def on_start(self, state: TrainState) -> None:
+        """Before the first step."""
+
+    def on_log(self, state: TrainState, log: StepLog) -> None:
+        """Every `log_every` G steps and at each epoch's end, with finite values only."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After each epoch, once its metrics are logged; `state.epoch` is the number just completed."""
+
+    def on_end(self, state: TrainState, result: TrainResult) -> None:
+        """Once, however training ended (KeyboardInterrupt too, with status 'interrupted', before it propagates)."""
+
+
+class _Diverged(Exception):
+    pass
+
+
+def _optimizer(config: TrainConfig, params: Sequence[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, betas=config.betas)
+
+
+def _grad_norm(params: Sequence[nn.Parameter]) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+
+
+def _new_state(variant: Variant, config: TrainConfig, data: Dataset) -> TrainState:
+    device = data.train_images.device
+    torch.manual_seed(config.seed)
+    g, d = variant.build(config, data.record.image_shape, data.record.n_classes)
+    g, d = g.to(device), d.to(device)
+    rng = torch.Generator(device=device)
+    rng.manual_seed(config.seed)
+    fixed_rng = torch.Generator(device="cpu")
+    fixed_rng.manual_seed(FIXED_NOISE_SEED)
+    fixed_z = torch.randn(config.n_samples, config.z_dim, generator=fixed_rng).to(device)
+    conditional = variant.conditioning_part.conditional
+    fixed_labels = (torch.arange(config.n_samples, device=device) % data.record.n_classes) if conditional else None
+    return TrainState(variant=variant, config=config, data=data.record, device=device, g=g, d=d,
+                      opt_g=_optimizer(config, list(g.parameters()), config.g_lr),
+                      opt_d=_optimizer(config, list(d.parameters()), config.d_lr),
+                      rng=rng, fixed_z=fixed_z, fixed_labels=fixed_labels)
+
+
+def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[Hook] = ()) -> TrainResult:
+    """Train `variant` on `data` (already on its device) for `config.epochs` and report how it ended."""
+    n_train = data.train_images.shape[0]
+    batches = n_train // config.batch_size
+    g_steps_per_epoch = batches // config.n_critic
+    if g_steps_per_epoch < 1:
+        raise ConfigError(f"batch_size * n_critic must not exceed the {n_train} training images, "
+                          f"got {config.batch_size} * {config.n_critic}")
+    state = _new_state(variant, config, data)
+    loss, regularizer = variant.loss_part, variant.regularizer_part
+    real_target = 1.0 - config.label_smoothing
+    names = ["loss/d", "loss/g", "d/real", "d/fake", "grad_norm/d", "grad_norm/g"]
+    if loss.wasserstein_estimate:
+        names.append("wasserstein/estimate")
+    buffer = torch.zeros(config.log_every, len(names), device=state.device)
+    pending: list[int] = []
+    clock = {"time": time.perf_counter(), "images": 0}
+    g_params, d_params = list(state.g.parameters()), list(state.d.parameters())
+    device = state.device
+
+    def noise(n: int) -> Tensor:
+        return torch.randn(n, config.z_dim, device=device, generator=state.rng)
+
+    def flush() -> None:
+        if not pending:
+            return
+        rows = buffer[:len(pending)].tolist()  # the loop's one host sync
+        now = time.perf_counter()
+        rate = (state.images_seen - clock["images"]) / max(now - clock["time"], 1e-9)
+        clock.update(time=now, images=state.images_seen)
+        metrics = {name: [row[i] for row in rows] for i, name in enumerate(names)}
+        for name, values in metrics.items():
+            bad = next((s for s, v in zip(pending, values) if not math.isfinite(v)), None)
+            if bad is not None:
+                pending.clear()
+                raise _Diverged(f"non-finite {name} at step {bad}")
+        log = StepLog(steps=list(pending), metrics=metrics, images_per_s=rate)
+        state.last = {name: values[-1] for name, values in metrics.items()}
+        pending.clear()
+        for hook in hooks:
+            hook.on_log(state, log)
+
+    status, reason = "finished", f"completed {config.epochs} epochs"
+    started = time.perf_counter()
+    try:
+        for hook in hooks:
+            hook.on_start(state)
+        for _ in range(config.epochs):
+            order = torch.randperm(n_train, device=device, generator=state.rng)
+            for g_step in range(g_steps_per_epoch):
+                for critic_step in range(config.n_critic):
+                    start = (g_step * config.n_critic + critic_step) * config.batch_size
+                    idx = order[start:start + config.batch_size]
+                    real = data.train_images[idx]
+                    labels = data.train_labels[idx] if state.conditional else None
+                    with torch.no_grad():
+                        fake = state.g(noise(len(idx)), labels)
+
+                    def critic(x: Tensor) -> Tensor:
+                        return state.d(x, labels)
+
+                    real_score, fake_score = critic(real), critic(fake)
+                    loss_d = loss.d_loss(real_score, fake_score, real_target)
+                    penalty = regularizer.penalty(critic, real, fake, config, state.rng)
+                    if penalty is not None:
+                        loss_d = loss_d + penalty
+                    state.opt_d.zero_grad(set_to_none=True)
+                    loss_d.backward()
+                    grad_d = _grad_norm(d_params)
+                    state.opt_d.step()
+                    regularizer.after_step(state.d, config)
+                    state.d_steps += 1
+                    state.images_seen += len(idx)
+
+                g_labels = (torch.randint(0, data.record.n_classes, (config.batch_size,), device=device,
+                                          generator=state.rng) if state.conditional else None)
+                g_score = state.d(state.g(noise(config.batch_size), g_labels), g_labels)
+                loss_g = loss.g_loss(g_score)
+                state.opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                grad_g = _grad_norm(g_params)
+                state.opt_g.step()
+                state.step += 1
+
+                real_score, fake_score = real_score.detach(), fake_score.detach()
+                values = [loss_d.detach(), loss_g.detach(), loss.d_of(real_score).mean(),
+                          loss.d_of(fake_score).mean(), grad_d, grad_g]
+                if loss.wasserstein_estimate:
+                    values.append(real_score.mean() - fake_score.mean())
+                buffer[len(pending)] = torch.stack(values)
+                pending.append(state.step)
+                if len(pending) == config.log_every:
+                    flush()
+            flush()
+            state.epoch += 1
+            for hook in hooks:
+                hook.on_epoch_end(state)
+    except _Diverged as e:
+        status, reason = "diverged", str(e)
+    except StopTraining as e:
+        status, reason = e.status, e.reason
+    except KeyboardInterrupt:
+        result = _result(state, "interrupted", "interrupted by the user", started)
+        for hook in hooks:
+            hook.on_end(state, result)
+        raise
+    result = _result(state, status, reason, started)
+    for hook in hooks:
+        hook.on_end(state, result)
+    return result
+
+
+def _result(state: TrainState, status: str, reason: str, started: float) -> TrainResult:
+    return TrainResult(status=status, reason=reason, epochs=state.epoch, steps=state.step,
+                       images_seen=state.images_seen, wall_time_s=time.perf_counter() - started,
+                       last=dict(state.last))
