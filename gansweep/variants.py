@@ -101,14 +101,16 @@ def get_variant(name: str) -> Variant:
         raise UnknownNameError("variant", name, VARIANTS, "gansweep list variants") from None
 
 
+# Dropout in D as in the original GAN's D; lr 4e-4 over DCGAN's 2e-4 because on mnist-5k it gives clearly
+# recognisable digits within the default 50 epochs on a CPU, where 2e-4 still shows many smudges.
+_MLP = {"lr": 4e-4, "betas": (0.5, 0.999), "dropout": 0.3}
 _DCGAN = {"lr": 2e-4, "betas": (0.5, 0.999)}  # Radford et al. 2016
 _WGAN_GP = {"lr": 1e-4, "betas": (0.0, 0.9), "n_critic": 5}  # Gulrajani et al. 2017, Algorithm 1
 
 register(Variant("gan", "MLP G and D, non-saturating loss (Goodfellow et al. 2014)",
-                 arch="mlp", loss="non-saturating", overrides={"lr": 2e-4, "betas": (0.5, 0.999)}))
+                 arch="mlp", loss="non-saturating", overrides=_MLP))
 register(Variant("cgan", "conditional MLP GAN, labels embedded in G and D (Mirza & Osindero 2014)",
-                 arch="mlp", loss="non-saturating", conditioning="class",
-                 overrides={"lr": 2e-4, "betas": (0.5, 0.999)}))
+                 arch="mlp", loss="non-saturating", conditioning="class", overrides=_MLP))
 register(Variant("dcgan", "conv G and D, non-saturating loss (Radford et al. 2016)",
                  arch="dcgan", loss="non-saturating", overrides=_DCGAN))
 register(Variant("cdcgan", "conditional DCGAN, label as an extra D channel",

@@ -40,7 +40,7 @@ def test_conditional_g_depends_on_the_label():
 
 
 @pytest.mark.parametrize("name, field, value", [
-    ("gan", "lr", 2e-4), ("wgan", "optimizer", "rmsprop"), ("wgan", "n_critic", 5), ("wgan", "lr", 5e-5),
+    ("gan", "lr", 4e-4), ("gan", "dropout", 0.3), ("dcgan", "lr", 2e-4), ("wgan", "optimizer", "rmsprop"), ("wgan", "n_critic", 5), ("wgan", "lr", 5e-5),
     ("wgan-gp", "betas", (0.0, 0.9)), ("wgan-gp", "n_critic", 5), ("sngan", "n_critic", 1),
 ])
 def test_published_defaults(name, field, value):
