@@ -10,6 +10,9 @@ from pathlib import Path
 
 __all__ = ["atomic_path"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -20,6 +23,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the finished file gets the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -49,3 +49,14 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(GansweepError, match="no checkpoint at"):
         load_checkpoint(Path(tmp_path / "missing.pt"))
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_path(tmp_path / "grid.png") as tmp:
+        tmp.write_bytes(b"png")
+    assert stat.S_IMODE((tmp_path / "grid.png").stat().st_mode) == 0o666 & ~umask
