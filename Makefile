@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/gansweep train gan --dataset mnist-5k --device cpu
+	$(BIN)/gansweep study lr-sensitivity --dataset mnist-5k --device cpu --epochs 1
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -42,10 +42,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 @main.command("list")
-@click.argument("what", type=click.Choice(["variants", "datasets"]))
+@click.argument("what", type=click.Choice(["variants", "datasets", "studies"]))
 def list_(what: str) -> None:
-    """List the registered variants or datasets, one line each."""
-    if what == "variants":
+    """List the registered variants, datasets or study files, one line each."""
+    if what == "studies":
+        from gansweep.study import list_specs
+
+        rows = [[s.name, s.sampler, ",".join(s.variants), s.description] for s in list_specs()]
+        click.echo(_table(["study", "sampler", "variants", "description"], rows))
+    elif what == "variants":
         from gansweep.variants import VARIANTS
 
         rows = [[v.name, v.arch, v.loss, v.regularizer, v.conditioning, v.summary] for v in VARIANTS.values()]
@@ -86,3 +91,88 @@ def train(variant: str, dataset: str, data_root: str | None, out_root: Path, **c
     click.echo(f"run folder: {outcome.directory}  (samples/, checkpoint.pt, run.json)")
     if result.status == "diverged":
         raise SystemExit(1)
+
+
+_TRACKING = click.option("--tracking-uri", default=None,
+                         help="MLflow store [env MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db].")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--variant", "variants", multiple=True, help="Run only these variants (repeatable).")
+@click.option("--dataset", default=None, help="Dataset instead of the study file's.")
+@click.option("--epochs", type=int, default=None, help="Budget per trial in epochs (images seen by D).")
+@click.option("--trials", type=int, default=None, help="Grid: run at most N remaining points now; "
+                                                       "TPE/random: the study's total number of trials.")
+@click.option("--seeds", default=None, help="Comma-separated seeds instead of the study file's, e.g. 0,1,2.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--storage", default=None, help="Optuna storage: a URL (postgresql://...) or a journal file "
+                                              "[default mlruns/optuna.journal].")
+@_TRACKING
+@click.option("--experiment", default=None, help="MLflow experiment [default: the study's name].")
+@click.option("--fresh", is_flag=True, help="Start a new study instead of continuing the last one.")
+def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: Any) -> None:
+    """Run (or continue) the study NAME from studies/NAME.toml; every trial is an MLflow child run."""
+    from gansweep.study import StudyOptions, find_spec, format_table, load_spec, run_study
+    from gansweep.tracking import experiment_url
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
+    except ValueError:
+        raise InputError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
+    spec = load_spec(find_spec(name))
+    try:
+        outcome = run_study(spec, StudyOptions(variants=variants or None, seeds=seed_list, **options))
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished trials are kept; run the same command to continue", err=True)
+        raise SystemExit(130) from None
+    click.echo(format_table(outcome.table))
+    click.echo(f"\nstudy {outcome.optuna_study}: {outcome.ran} trial(s) run now, {len(outcome.table)} in all")
+    click.echo(f"MLflow: {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
+    click.echo(f"Optuna: {outcome.storage}")
+    click.echo(f"browse: gansweep ui  ->  {experiment_url('127.0.0.1', 5000, outcome.experiment_id)}")
+
+
+@main.command()
+@_TRACKING
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(tracking_uri: str | None, host: str, port: int) -> None:
+    """Start the MLflow UI on the store that studies and runs write to."""
+    import subprocess
+    import sys
+
+    from gansweep.tracking import client_for, experiment_url
+    from gansweep.tracking import tracking_uri as resolve
+
+    uri = resolve(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise InputError(f"{uri} is a tracking server already; open it in a browser")
+    for experiment in client_for(uri).search_experiments():
+        click.echo(f"{experiment.name}: {experiment_url(host, port, experiment.experiment_id)}")
+    click.echo(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops it)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    try:
+        raise SystemExit(subprocess.call(command))
+    except KeyboardInterrupt:
+        raise SystemExit(0) from None
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--n", type=int, default=64, show_default=True, help="Images in the grid.")
+@click.option("--label", type=int, default=None, help="Class to draw, for conditional variants.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG to write [default samples-RUNID.png]; an existing file is never overwritten.")
+@_TRACKING
+def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: Path | None,
+           tracking_uri: str | None) -> None:
+    """Draw a grid of images from the checkpoint of the tracked run RUN_ID."""
+    from gansweep.generate import sample_run
+    from gansweep.tracking import tracking_uri as resolve
+
+    path = sample_run(run_id, out or Path(f"samples-{run_id[:8]}.png"), resolve(tracking_uri), n=n, label=label,
+                      seed=seed, which=which)
+    click.echo(str(path))

@@ -65,6 +65,7 @@ class TrainState:
     d_steps: int = 0  # D updates done
     images_seen: int = 0  # real images shown to D
     last: dict[str, float] = field(default_factory=dict)  # latest logged value of each step metric
+    scores: dict[str, float] = field(default_factory=dict)  # latest per-epoch scores, filled by scoring hooks
 
     @property
     def conditional(self) -> bool:
@@ -93,6 +94,7 @@ class TrainResult:
     images_seen: int
     wall_time_s: float
     last: dict[str, float]
+    scores: dict[str, float]
 
 
 class StopTraining(Exception):
@@ -266,4 +268,4 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
 def _result(state: TrainState, status: str, reason: str, started: float) -> TrainResult:
     return TrainResult(status=status, reason=reason, epochs=state.epoch, steps=state.step,
                        images_seen=state.images_seen, wall_time_s=time.perf_counter() - started,
-                       last=dict(state.last))
+                       last=dict(state.last), scores=dict(state.scores))

@@ -1,0 +1,195 @@
+"""MLflow tracking: where the stores are, and the hook that records one training run as an MLflow run.
+
+Everything goes through an explicit `MlflowClient` and run id, never MLflow's global active run, so a study
+can hold its parent run open while each trial's child run starts and ends.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+import gansweep
+from gansweep.checkpoint import save_checkpoint
+from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
+
+__all__ = ["LOCAL_TRACKING_URI", "LOCAL_STORE", "tracking_uri", "client_for", "experiment_id", "experiment_url",
+           "MlflowHook", "RUN_STATUS", "git_commit"]
+
+LOCAL_STORE = Path("mlruns")
+LOCAL_TRACKING_URI = f"sqlite:///{LOCAL_STORE}/mlflow.db"  # MLflow 3.17+ refuses a plain ./mlruns file store
+_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+# How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
+RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED", "diverged": "FAILED",
+              "failed": "FAILED"}
+
+
+def tracking_uri(given: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the local sqlite store (created on first use)."""
+    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_TRACKING_URI
+    if uri == LOCAL_TRACKING_URI:
+        LOCAL_STORE.mkdir(exist_ok=True)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # made absolute once, here: MLflow keeps one engine per URI string, and a relative one would follow
+        # whatever the working directory is when it first connects
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
+def client_for(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it on first use; a sqlite store keeps artifacts in artifacts/ beside it."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    if client.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+        database = Path(client.tracking_uri.removeprefix("sqlite:///"))
+        location = f"{(database.parent / 'artifacts').resolve().as_uri()}/{_slug(name)}"
+    return client.create_experiment(name, artifact_location=location)
+
+
+def experiment_url(host: str, port: int, experiment: str) -> str:
+    """The run table of an experiment; workflowType avoids the GenAI view that hides runs."""
+    return f"http://{host}:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+
+
+def git_commit() -> str | None:
+    """The commit of the gansweep checkout in use, when it is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(gansweep.__file__).parent, text=True,
+                             capture_output=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+class MlflowHook(Hook):
+    """Records one training run in an existing MLflow run: params, step metrics in batches, per-epoch scores and
+    sample grids, then checkpoints (last and best by the objective), a GIF of the grids and a loss figure.
+
+    `work_dir` holds what the sample-grid and checkpoint hooks write; this hook copies it into the run's
+    artifacts. Metrics are logged with one log_batch call per `log_every` steps, never one call per value.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, work_dir: Path, objective: str, direction: str,
+                 extra_params: dict[str, Any]):
+        self.client, self.run_id, self.work_dir = client, run_id, work_dir
+        self.objective, self.minimize = objective, direction == "minimize"
+        self.extra_params = extra_params
+        self.best: float | None = None
+        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    def on_start(self, state: TrainState) -> None:
+        params = {**state.config.to_dict(),
+                  **{f"data.{k}": v for k, v in state.data.to_dict().items()},
+                  "variant": state.variant.name, "arch": state.variant.arch, "loss": state.variant.loss,
+                  "regularizer": state.variant.regularizer, "conditioning": state.variant.conditioning,
+                  "device": str(state.device), "torch_version": _torch_version(),
+                  "gansweep_version": gansweep.__version__, "python_version": platform.python_version(),
+                  "git_commit": git_commit() or "unknown", **self.extra_params}
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def on_log(self, state: TrainState, log: StepLog) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, value, now, step) for name, values in log.metrics.items()
+                   for step, value in zip(log.steps, values)]
+        metrics.append(Metric("perf/images_per_s", log.images_per_s, now, log.steps[-1]))
+        for name, values in log.metrics.items():
+            self.history[name] += zip(log.steps, values)
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH])
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        now = int(time.time() * 1000)
+        epoch_metrics = {**state.scores, "progress/epoch": state.epoch, "progress/images_seen": state.images_seen,
+                         "progress/g_steps": state.step}
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, state.epoch)
+                                                    for k, v in epoch_metrics.items()])
+        grid = self.work_dir / "samples" / f"epoch_{state.epoch:03d}.png"
+        if grid.exists():
+            self.client.log_artifact(self.run_id, str(grid), "samples")
+        value = state.scores.get(self.objective)
+        if value is not None and (self.best is None or (value < self.best if self.minimize else value > self.best)):
+            self.best = value
+            save_checkpoint(state, self.work_dir / "checkpoints" / "best.pt")
+            self.client.log_metric(self.run_id, f"best/{self.objective}", value, step=state.epoch)
+            self.client.set_tag(self.run_id, "gansweep.best_epoch", str(state.epoch))
+
+    def on_end(self, state: TrainState, result: TrainResult) -> None:
+        checkpoints = self.work_dir / "checkpoints"
+        if checkpoints.is_dir():
+            self.client.log_artifacts(self.run_id, str(checkpoints), "checkpoints")
+        grids = sorted((self.work_dir / "samples").glob("epoch_*.png"))
+        if grids:
+            self.client.log_artifact(self.run_id, str(_write_gif(grids, self.work_dir / "grids.gif")), "samples")
+        if self.history:
+            self.client.log_artifact(self.run_id, str(_plot_losses(self.history, self.work_dir / "losses.png",
+                                                                   state.variant.name)), "plots")
+        self.client.log_batch(self.run_id, metrics=[
+            Metric("perf/wall_time_s", result.wall_time_s, int(time.time() * 1000), result.epochs)])
+        self.client.log_batch(self.run_id, tags=[RunTag("gansweep.status", result.status),
+                                                 RunTag("gansweep.reason", result.reason)])
+        self.client.set_terminated(self.run_id, RUN_STATUS.get(result.status, "FAILED"))
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _write_gif(frames: list[Path], path: Path) -> Path:
+    from PIL import Image
+
+    from gansweep.atomic import atomic_path
+
+    images = [Image.open(f).convert("P") for f in frames]
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=400, loop=0)
+    return path
+
+
+def _plot_losses(history: dict[str, list[tuple[int, float]]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gansweep.atomic import atomic_path
+
+    groups = [("loss", ["loss/d", "loss/g"]), ("D output", ["d/real", "d/fake"]),
+              ("gradient norm", ["grad_norm/d", "grad_norm/g"])]
+    fig, axes = plt.subplots(1, len(groups), figsize=(12, 3.2), constrained_layout=True)
+    for ax, (label, names) in zip(axes, groups):
+        for name in names:
+            if name in history:
+                steps, values = zip(*history[name])
+                ax.plot(steps, values, label=name, linewidth=0.8)
+        ax.set_title(label)
+        ax.set_xlabel("G step")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path
+

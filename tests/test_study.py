@@ -1,0 +1,176 @@
+"""Studies end to end: real `gansweep study` runs into a store in tmp_path, read back through MLflow and Optuna."""
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from PIL import Image
+
+from gansweep.cli import main
+from gansweep.errors import ConfigError
+from gansweep.evaluation import ScoreHook
+from gansweep.study import LOCAL_OPTUNA_STORAGE, StudyOptions, load_spec, optuna_storage, run_study
+from gansweep.tracking import tracking_uri
+
+TINY_STUDY = """
+name = "tiny"
+description = "three learning rates of a tiny MLP GAN"
+variants = ["gan"]
+dataset = "mnist-5k"
+budget_unit = "images"
+epochs = 2
+batch_size = 200
+n_eval = 200
+objective = {{ metric = "fid_pixel", direction = "minimize" }}
+sampler = "grid"
+pruner = "none"
+seeds = [0]
+{extra}
+
+[config]
+hidden = [32]
+z_dim = 8
+n_samples = 16
+log_every = 5
+
+[space]
+lr = [1e-4, 3e-4, 1e-3]
+"""
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """The local default stores (mlruns/ in the working directory), in an empty working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra=""))
+    return tmp_path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def trials(name="tiny"):
+    study = optuna.load_study(study_name=name, storage=optuna_storage(None))
+    return study.get_trials()
+
+
+def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
+    result = invoke("study", "tiny", "--trials", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "fid_pixel" in result.output and "gansweep ui" in result.output
+
+    client = MlflowClient(tracking_uri(None))
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("gansweep.role") == "parent")
+    (child,) = [r for r in runs if r.data.tags.get("gansweep.role") == "trial"]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["gansweep.variant"] == "gan" and child.data.tags["gansweep.seed"] == "0"
+    assert child.info.status == "FINISHED" and parent.info.status == "FINISHED"
+
+    (trial,) = trials()
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
+    assert child.data.tags["gansweep.trial"] == str(trial.number)
+
+    params = child.data.params
+    assert float(params["lr"]) == trial.params["lr"]
+    assert params["hidden"] == "(32,)" and params["batch_size"] == "200" and params["epochs"] == "2"
+    assert params["data.name"] == "mnist-5k" and len(params["data.checksum"]) == 16
+    assert params["variant"] == "gan" and params["loss"] == "non-saturating" and "torch_version" in params
+
+    g_steps = 2 * (4000 // 200)
+    losses = client.get_metric_history(child.info.run_id, "loss/d")
+    assert sorted(m.step for m in losses) == list(range(1, g_steps + 1))
+    scores = client.get_metric_history(child.info.run_id, "score/fid_pixel")
+    assert [m.step for m in scores] == [1, 2]
+    assert trial.value == pytest.approx(scores[-1].value)
+    assert trial.intermediate_values == {1: pytest.approx(scores[0].value), 2: pytest.approx(scores[1].value)}
+
+    artifacts = {a.path for folder in ("samples", "checkpoints", "plots")
+                 for a in client.list_artifacts(child.info.run_id, folder)}
+    assert artifacts == {"samples/epoch_001.png", "samples/epoch_002.png", "samples/grids.gif",
+                         "checkpoints/last.pt", "checkpoints/best.pt", "plots/losses.png"}
+
+    out = store / "grid.png"
+    sampled = invoke("sample", child.info.run_id, "--n", "16", "-o", out)
+    assert sampled.exit_code == 0, sampled.output
+    assert Image.open(out).size == (4 * 30 + 2, 4 * 30 + 2)  # 16 images of 28 px, 4 columns, 2 px padding
+    again = invoke("sample", child.info.run_id, "-o", out)
+    assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_resume_runs_only_the_remaining_points(store):
+    spec = load_spec(store / "studies" / "tiny.toml")
+    first = run_study(spec, StudyOptions(trials=1, device="cpu", progress=False))
+    assert first.ran == 1
+    rest = run_study(spec, StudyOptions(device="cpu", progress=False))
+    assert rest.ran == 2 and rest.parent_run_id == first.parent_run_id
+    done = [t for t in trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lr"] for t in done) == [1e-4, 3e-4, 1e-3]
+    assert run_study(spec, StudyOptions(device="cpu", progress=False)).ran == 0
+    fresh = run_study(spec, StudyOptions(trials=1, device="cpu", progress=False, fresh=True))
+    assert fresh.parent_run_id != first.parent_run_id and fresh.optuna_study != "tiny"
+    assert len([t for t in trials() if t.state == TrialState.COMPLETE]) == 3  # the old study is untouched
+
+
+def test_an_interrupted_trial_is_recorded_and_rerun(store, monkeypatch):
+    spec = load_spec(store / "studies" / "tiny.toml")
+
+    def interrupt(self, state):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ScoreHook, "on_epoch_end", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_study(spec, StudyOptions(device="cpu", progress=False))
+    (trial,) = trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["status"] == "interrupted"
+    run = MlflowClient(tracking_uri(None)).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["gansweep.status"] == "interrupted"
+
+    run_study(spec, StudyOptions(device="cpu", progress=False))
+    complete = [t for t in trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lr"] for t in complete) == [1e-4, 3e-4, 1e-3]
+
+
+@pytest.mark.parametrize("line, error", [
+    ('variants = ["gan", "wgan_gp"]', "variants: unknown variant 'wgan_gp'; did you mean 'wgan-gp'?"),
+    ('sampler = "grid-search"', "sampler: must be one of grid, tpe, random"),
+    ("learning_rate = 3", "learning_rate: unknown key"),
+])
+def test_study_file_errors_name_the_file_and_key(tmp_path, line, error):
+    text = TINY_STUDY.format(extra="").replace('variants = ["gan"]', line if "variants" in line else
+                                               f'variants = ["gan"]\n{line}')
+    if "sampler" in line:
+        text = text.replace('sampler = "grid"\n', "")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: {error}".replace("?", "\\?").replace("[", "\\[")):
+        load_spec(path)
+
+
+def test_space_values_are_range_checked(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY_STUDY.format(extra="").replace("lr = [1e-4, 3e-4, 1e-3]", "dropout = [0.0, 1.0]"))
+    with pytest.raises(ConfigError, match="space.dropout: dropout must be in \\[0, 1\\), got 1.0"):
+        load_spec(path)
+
+
+def test_shipped_studies_load_and_are_listed():
+    result = invoke("list", "studies")
+    for name in ("lr-sensitivity", "dropout", "label-smoothing", "critic-iterations", "variant-shootout", "tune"):
+        assert name in result.output
+    spec = load_spec(__import__("gansweep.study", fromlist=["find_spec"]).find_spec("lr-sensitivity"))
+    assert spec.sampler == "grid" and spec.pruner == "none"
+    assert len(spec.grid_points()) == 3 * len(spec.space["lr"])
+
+
+def test_unknown_study_is_exit_code_2(store):
+    result = invoke("study", "lr-sensitivty")
+    assert result.exit_code == 2 and "did you mean 'lr-sensitivity'" in result.output
+    assert LOCAL_OPTUNA_STORAGE.exists() is False
