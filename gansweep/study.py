@@ -68,9 +68,12 @@ class StudySpec:
     n_eval: int = 1000  # generated and held-out images per score, bounded by the held-out split
     path: str = ""
 
-    def grid_points(self) -> list[dict[str, Any]]:
-        axes = {"variant": list(self.variants), **{k: list(v) for k, v in self.space.items()},
+    def grid_axes(self) -> dict[str, list[Any]]:
+        return {"variant": list(self.variants), **{k: list(v) for k, v in self.space.items()},
                 "seed": list(self.seeds)}
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        axes = self.grid_axes()
         return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
     def changes(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,6 +185,13 @@ class StudyOptions:
     progress: bool = True
 
     def apply(self, spec: StudySpec) -> StudySpec:
+        from gansweep.data import get_source
+        from gansweep.variants import get_variant
+
+        for name in self.variants or ():
+            get_variant(name)
+        if self.dataset:
+            get_source(self.dataset)
         changes = {"variants": self.variants, "dataset": self.dataset, "epochs": self.epochs, "seeds": self.seeds}
         if spec.sampler != "grid":
             changes["trials"] = self.trials
@@ -273,9 +283,7 @@ def _new_parent(client: Any, experiment: str, spec: StudySpec, study_name: str) 
 
 def _sampler(spec: StudySpec) -> Any:
     if spec.sampler == "grid":
-        axes = {"variant": list(spec.variants), **{k: list(v) for k, v in spec.space.items()},
-                "seed": list(spec.seeds)}
-        return _AskTellGrid(axes, seed=0)
+        return _AskTellGrid(spec.grid_axes(), seed=0)
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=0)
     return optuna.samplers.RandomSampler(seed=0)

@@ -174,3 +174,14 @@ def test_unknown_study_is_exit_code_2(store):
     result = invoke("study", "lr-sensitivty")
     assert result.exit_code == 2 and "did you mean 'lr-sensitivity'" in result.output
     assert LOCAL_OPTUNA_STORAGE.exists() is False
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "wgan_gp"], "unknown variant 'wgan_gp'; did you mean 'wgan-gp'?"),
+    (["--dataset", "mnist5k"], "unknown dataset 'mnist5k'; did you mean 'mnist-5k'?"),
+    (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
+])
+def test_bad_study_overrides_are_exit_code_2(store, args, message):
+    result = invoke("study", "tiny", *args)
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
