@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from gansweep.config import TrainConfig, field_names
 from gansweep.errors import ConfigError, GansweepError, UnknownNameError
-from gansweep.trainer import Hook, StepLog, StopTraining, TrainState
+from gansweep.trainer import Hook, StepLog, StopTraining, TrainState, resolve_device
 
 __all__ = ["StudySpec", "Objective", "StudyOptions", "StudyOutcome", "load_spec", "find_spec", "list_specs",
            "run_study", "ranked_table", "format_table", "SAMPLERS", "PRUNERS", "STUDY_DIRS", "optuna_storage", "LOCAL_OPTUNA_STORAGE"]
@@ -226,7 +226,6 @@ def _key(params: Mapping[str, Any]) -> tuple:
 def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
-    from gansweep.trainer import resolve_device
     from gansweep.tracking import client_for, experiment_id, tracking_uri
 
     spec = options.apply(spec)
@@ -422,14 +421,12 @@ class _TrialRunner:
             self.study.tell(trial, state=TrialState.PRUNED)
 
     def _end(self, trial: Any, run_id: str, status: str, reason: str, state: Any) -> None:
-        from gansweep.tracking import RUN_STATUS
+        from gansweep.tracking import end_run
 
         trial.set_user_attr("status", status)
         trial.set_user_attr("reason", reason)
         self.study.tell(trial, state=state)
-        self.client.set_tag(run_id, "gansweep.status", status)
-        self.client.set_tag(run_id, "gansweep.reason", reason)
-        self.client.set_terminated(run_id, RUN_STATUS[status])
+        end_run(self.client, run_id, status, reason)
 
 
 def _suggest(trial: Any, name: str, values: Any) -> Any:

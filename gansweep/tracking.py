@@ -22,7 +22,7 @@ from gansweep.checkpoint import save_checkpoint
 from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
 
 __all__ = ["LOCAL_TRACKING_URI", "LOCAL_STORE", "tracking_uri", "client_for", "experiment_id", "experiment_url",
-           "MlflowHook", "RUN_STATUS", "git_commit"]
+           "MlflowHook", "RUN_STATUS", "end_run", "git_commit"]
 
 LOCAL_STORE = Path("mlruns")
 LOCAL_TRACKING_URI = f"sqlite:///{LOCAL_STORE}/mlflow.db"  # MLflow 3.17+ refuses a plain ./mlruns file store
@@ -146,9 +146,13 @@ class MlflowHook(Hook):
                                                                    state.variant.name)), "plots")
         self.client.log_batch(self.run_id, metrics=[
             Metric("perf/wall_time_s", result.wall_time_s, int(time.time() * 1000), result.epochs)])
-        self.client.log_batch(self.run_id, tags=[RunTag("gansweep.status", result.status),
-                                                 RunTag("gansweep.reason", result.reason)])
-        self.client.set_terminated(self.run_id, RUN_STATUS.get(result.status, "FAILED"))
+        end_run(self.client, self.run_id, result.status, result.reason)
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, reason: str) -> None:
+    """Record how a run ended: gansweep's own status and reason as tags, MLflow's status beside them."""
+    client.log_batch(run_id, tags=[RunTag("gansweep.status", status), RunTag("gansweep.reason", reason)])
+    client.set_terminated(run_id, RUN_STATUS.get(status, "FAILED"))
 
 
 def _torch_version() -> str:
