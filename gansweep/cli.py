@@ -6,6 +6,7 @@ Errors caused by input (GansweepError) become one `Error: ...` line and exit cod
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="gansweep")
 def main() -> None:
     """Train, sweep and compare GAN variants."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout is for results
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -58,8 +60,16 @@ def list_(what: str) -> None:
     else:
         from gansweep.data import DATASETS
 
-        rows = [[s.name, str(s.n_classes), s.summary] for s in DATASETS.values()]
-        click.echo(_table(["dataset", "classes", "description"], rows))
+        from gansweep.classifier import cached_records
+
+        accuracy = {r["dataset"]: f"{r['accuracy']:.1%} ({r['checksum'][:8]})" for r in cached_records()}
+        rows = [[s.name, str(s.n_classes), accuracy.get(s.name, "not trained yet"), s.summary]
+                for s in DATASETS.values()]
+        click.echo(_table(["dataset", "classes", "feature net (held-out acc.)", "description"], rows))
+
+
+_TRACKING = click.option("--tracking-uri", default=None,
+                         help="MLflow store [env MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db].")
 
 
 @main.command()
@@ -77,24 +87,28 @@ def list_(what: str) -> None:
 @click.option("--n-critic", type=int, default=None, help="D updates per G update.")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--out", "out_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="Folder that receives a new run folder.")
-def train(variant: str, dataset: str, data_root: str | None, out_root: Path, **changes: Any) -> None:
-    """Train one VARIANT at its defaults, changed by the options given."""
+@click.option("--n-eval", type=int, default=None, help="Images per evaluation [2,000 on the CPU, 10,000 on CUDA].")
+@_TRACKING
+@click.option("--experiment", default=None, help="MLflow experiment [default: train].")
+def train(variant: str, dataset: str, data_root: str | None, tracking_uri: str | None, experiment: str | None,
+          n_eval: int | None, **changes: Any) -> None:
+    """Train one VARIANT at its defaults, changed by the options given, as a new MLflow run."""
     from gansweep.config import DataConfig
     from gansweep.runs import run_training
+    from gansweep.tracking import experiment_url
 
     data_config = DataConfig(dataset=dataset, **({"data_root": data_root} if data_root else {}))
-    outcome = run_training(variant, data_config, out_root, **changes)
+    outcome = run_training(variant, data_config, tracking_uri, experiment, n_eval, **changes)
     result = outcome.result
     click.echo(f"{result.status}: {result.reason}")
-    click.echo(f"run folder: {outcome.directory}  (samples/, checkpoint.pt, run.json)")
+    scores = {k.removeprefix("score/"): v for k, v in result.scores.items() if k.startswith("score/")}
+    if scores:
+        click.echo("scores: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    click.echo(f"MLflow run {outcome.run_id} in {outcome.tracking_uri}")
+    click.echo(f"next: gansweep sample {outcome.run_id}   |   gansweep ui  ->  "
+               f"{experiment_url('127.0.0.1', 5000, outcome.experiment_id)}")
     if result.status == "diverged":
         raise SystemExit(1)
-
-
-_TRACKING = click.option("--tracking-uri", default=None,
-                         help="MLflow store [env MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db].")
 
 
 @main.command()
@@ -113,7 +127,7 @@ _TRACKING = click.option("--tracking-uri", default=None,
 @click.option("--fresh", is_flag=True, help="Start a new study instead of continuing the last one.")
 def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: Any) -> None:
     """Run (or continue) the study NAME from studies/NAME.toml; every trial is an MLflow child run."""
-    from gansweep.study import StudyOptions, find_spec, format_table, load_spec, run_study
+    from gansweep.study import StudyOptions, find_spec, format_table, load_spec, run_study, seed_spread
     from gansweep.tracking import experiment_url
 
     try:
@@ -127,6 +141,10 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
         click.echo("interrupted: finished trials are kept; run the same command to continue", err=True)
         raise SystemExit(130) from None
     click.echo(format_table(outcome.table))
+    spread = seed_spread(outcome.table, outcome.spec)
+    if not spread.empty:
+        click.echo(f"\n{outcome.spec.objective.metric} of each variant's best parameters, re-run per seed:")
+        click.echo(spread.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     click.echo(f"\nstudy {outcome.optuna_study}: {outcome.ran} trial(s) run now, {len(outcome.table)} in all")
     click.echo(f"MLflow: {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     click.echo(f"Optuna: {outcome.storage}")
@@ -176,3 +194,27 @@ def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: P
     path = sample_run(run_id, out or Path(f"samples-{run_id[:8]}.png"), resolve(tracking_uri), n=n, label=label,
                       seed=seed, which=which)
     click.echo(str(path))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--n", "n_eval", type=int, default=None, help="Images to score [2,000 on the CPU, 10,000 on CUDA].")
+@click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True)
+@click.option("--parzen", is_flag=True, help="Also the Parzen-window log-likelihood of the test split.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--data-root", default=None, help="Where torchvision datasets live.")
+@click.option("--log", "log_to_run", is_flag=True, help="Also record the scores in the run, as eval/NAME.")
+@_TRACKING
+def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: str, data_root: str | None,
+             log_to_run: bool, tracking_uri: str | None) -> None:
+    """Score the checkpoint of the tracked run RUN_ID again, beside the real-data floor of each score."""
+    from gansweep.generate import evaluate_run
+    from gansweep.tracking import tracking_uri as resolve
+
+    report = evaluate_run(run_id, resolve(tracking_uri), which=which, n_eval=n_eval, parzen=parzen,
+                          device=device, data_root=data_root, log_to_run=log_to_run)
+    click.echo(f"{report.variant} epoch {report.epoch} on {report.dataset}, n={report.n}, "
+               f"feature net {report.feature_net} ({report.accuracy:.1%} held-out)")
+    rows = [[name, f"{value:.4g}", "-" if name not in report.floor else f"{report.floor[name]:.4g}"]
+            for name, value in report.scores.items()]
+    click.echo(_table(["score", "value", "real-data floor"], rows))

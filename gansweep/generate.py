@@ -1,7 +1,9 @@
-"""Looking at a trained generator: image grids from a tracked run's checkpoint."""
+"""Looking at a trained generator: image grids from a tracked run's checkpoint, and its scores recomputed."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,7 +12,7 @@ from gansweep.checkpoint import load_checkpoint
 from gansweep.errors import ConfigError, GansweepError
 from gansweep.samples import grid_columns, save_grid
 
-__all__ = ["CHECKPOINTS", "sample_run"]
+__all__ = ["CHECKPOINTS", "sample_run", "EvaluationReport", "evaluate_run"]
 
 CHECKPOINTS = ("last", "best")  # artifacts checkpoints/last.pt and checkpoints/best.pt of a trial's run
 
@@ -18,20 +20,11 @@ CHECKPOINTS = ("last", "best")  # artifacts checkpoints/last.pt and checkpoints/
 def sample_run(run_id: str, out: Path, tracking_uri: str, n: int = 64, label: int | None = None, seed: int = 0,
                which: str = "last") -> Path:
     """Write a grid of `n` images from the run's checkpoint; conditional runs take `label`, else cycle classes."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     if out.exists():
         raise GansweepError(f"{out} exists; choose another path with -o (nothing is overwritten)")
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{which}.pt",
-                                                    tracking_uri=tracking_uri)
-    except (MlflowException, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GansweepError(f"no {which} checkpoint for run {run_id!r} in {tracking_uri} ({first})") from None
-    checkpoint = load_checkpoint(Path(local))
+    checkpoint = load_checkpoint(_download(run_id, which, tracking_uri))
     n_classes = checkpoint.n_classes
     if label is not None and not 0 <= label < max(n_classes, 1):
         raise ConfigError(f"label must be in [0, {n_classes}) for {checkpoint.variant.name}, got {label}"
@@ -44,3 +37,66 @@ def sample_run(run_id: str, out: Path, tracking_uri: str, n: int = 64, label: in
     with torch.no_grad():
         images = checkpoint.g(z, labels)
     return save_grid(images, out, grid_columns(n, n_classes if label is None else 0))
+
+
+def _download(run_id: str, which: str, tracking_uri: str) -> Path:
+    """The run's checkpoints/{which}.pt as a local file (MLflow caches it in a temporary folder)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{which}.pt",
+                                                        tracking_uri=tracking_uri))
+    except (MlflowException, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GansweepError(f"no {which} checkpoint for run {run_id!r} in {tracking_uri} ({first})") from None
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    variant: str
+    dataset: str
+    epoch: int
+    n: int
+    feature_net: str  # the classifier's weights checksum
+    accuracy: float
+    scores: dict[str, float]
+    floor: dict[str, float]
+
+
+def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: int | None = None,
+                 parzen: bool = False, device: str = "auto", data_root: str | None = None,
+                 log_to_run: bool = False) -> EvaluationReport:
+    """Recompute a run's scores from its checkpoint, on the data it trained on (checked by checksum)."""
+    from gansweep.classifier import get_classifier
+    from gansweep.config import DataConfig
+    from gansweep.data import load_dataset
+    from gansweep.evaluation import Evaluator, eval_inputs, generate, parzen as parzen_scores
+    from gansweep.trainer import resolve_device
+
+    torch_device = resolve_device(device)
+    checkpoint = load_checkpoint(_download(run_id, which, tracking_uri), torch_device)
+    data = load_dataset(DataConfig(dataset=checkpoint.data.name, **({"data_root": data_root} if data_root else {})),
+                        torch_device)
+    if data.record.checksum != checkpoint.data.checksum:
+        raise GansweepError(f"the {data.record.name} data here (checksum {data.record.checksum}) is not the data "
+                            f"run {run_id} trained on ({checkpoint.data.checksum})")
+    evaluator = Evaluator(get_classifier(data), data, n_eval)
+    z, labels = eval_inputs(evaluator.n, checkpoint.config.z_dim, data.record.n_classes,
+                            checkpoint.n_classes > 0, torch_device)
+    fake = generate(checkpoint.g, z, labels)
+    scores = evaluator.score(fake, labels)
+    floor = {k: v for k, v in evaluator.floor.items() if k in scores}
+    if parzen:
+        n_val = min(len(data.train_images) // 5, 1000)
+        scores.update(parzen_scores(fake, data.train_images[-n_val:], data.test_images))
+    if log_to_run:
+        from mlflow.entities import Metric
+
+        from gansweep.tracking import client_for
+
+        now = int(time.time() * 1000)
+        client_for(tracking_uri).log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, checkpoint.epoch)
+                                                              for k, v in scores.items()])
+    return EvaluationReport(checkpoint.variant.name, data.record.name, checkpoint.epoch, evaluator.n,
+                            evaluator.classifier.checksum, evaluator.classifier.accuracy, scores, floor)

@@ -1,18 +1,20 @@
-"""Scores of a generator as pure functions: features(images) -> stats(features) -> score(stats_a, stats_b).
+"""Scores of generated images as pure functions of features, logits and labels.
 
-No model loading, file I/O or logging here, so every function can be checked against numbers worked out by hand.
+No model loading, file I/O or logging here, so every function can be checked against numbers worked out by hand
+and against torchmetrics. Features come from the dataset's classifier (see classifier.py); the names end in
+`_proxy` where a published score (FID, KID, IS) is meant but measured in that feature space instead of Inception's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["GaussianStats", "gaussian_stats", "frechet_distance", "pixel_features", "SCORES"]
+__all__ = ["GaussianStats", "gaussian_stats", "frechet_distance", "kid", "classifier_score", "class_coverage",
+           "precision_recall", "conditional_accuracy", "parzen_log_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,78 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
     return float(distance.clamp(min=0))
 
 
-def pixel_features(images: Tensor) -> Tensor:
-    """Images average-pooled to 7x7 per channel and flattened: a feature space that needs no trained network."""
-    return F.adaptive_avg_pool2d(images, 7).flatten(1)
+def _cubic_kernel(x: Tensor, y: Tensor) -> Tensor:
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-# name -> (features, score over stats); the objective of a study is a name in this table.
-SCORES: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[GaussianStats, GaussianStats], float]]] = {
-    "fid_pixel": (pixel_features, frechet_distance),
-}
+def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
+        generator: torch.Generator | None = None) -> tuple[float, float]:
+    """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3: mean and std over random subsets.
+
+    Subsets are drawn as torchmetrics draws them (a permutation of the real set, then of the fake set, per
+    subset), so the same generator state gives the same subsets. The three kernel matrices are computed once
+    and each subset indexes them, rather than recomputing them per subset.
+    """
+    m = min(subset_size, len(real), len(fake))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(real)} and {len(fake)}")
+    x, y = real.to(torch.float64), fake.to(torch.float64)
+    k_xx, k_yy, k_xy = _cubic_kernel(x, x), _cubic_kernel(y, y), _cubic_kernel(x, y)
+    values = []
+    for _ in range(subsets):
+        i = torch.randperm(len(x), generator=generator)[:m].to(x.device)
+        j = torch.randperm(len(y), generator=generator)[:m].to(x.device)
+        sxx, syy, sxy = k_xx[i][:, i], k_yy[j][:, j], k_xy[i][:, j]
+        within = (sxx.sum() - sxx.diagonal().sum() + syy.sum() - syy.diagonal().sum()) / (m * (m - 1))
+        values.append(within - 2 * sxy.sum() / m**2)
+    scores = torch.stack(values)
+    return float(scores.mean()), float(scores.std(unbiased=False))
+
+
+def classifier_score(logits: Tensor) -> float:
+    """exp(E_x KL(p(y|x) || p(y))), the Inception Score's formula on the classifier: 1 to the number of classes."""
+    log_p = torch.log_softmax(logits.to(torch.float64), dim=1)
+    log_marginal = torch.logsumexp(log_p, dim=0) - math.log(len(logits))
+    return float((log_p.exp() * (log_p - log_marginal)).sum(dim=1).mean().exp())
+
+
+def class_coverage(logits: Tensor, fair_share: float = 0.5) -> tuple[float, float]:
+    """(fraction of classes that get at least `fair_share` of a uniform share of the samples, KL(histogram ||
+    uniform)). A generator collapsed onto one digit of ten scores (0.1, log 10)."""
+    n_classes = logits.shape[1]
+    histogram = torch.bincount(logits.argmax(dim=1), minlength=n_classes).to(torch.float64) / len(logits)
+    covered = int((histogram >= fair_share / n_classes).sum())
+    nonzero = histogram[histogram > 0]
+    return covered / n_classes, float((nonzero * (nonzero * n_classes).log()).sum())
+
+
+def _kth_neighbour_radius(x: Tensor, k: int) -> Tensor:
+    """Distance from each point to its k-th nearest other point of the same set."""
+    return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # the first is the point itself, at 0
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): each set's manifold is the union of balls
+    reaching each point's k-th neighbour; precision is the share of fake points inside the real manifold,
+    recall the share of real points inside the fake one."""
+    real, fake = real.float(), fake.float()
+    distances = torch.cdist(real, fake)  # (n_real, n_fake)
+    precision = (distances <= _kth_neighbour_radius(real, k)[:, None]).any(dim=0).float().mean()
+    recall = (distances <= _kth_neighbour_radius(fake, k)[None, :]).any(dim=1).float().mean()
+    return float(precision), float(recall)
+
+
+def conditional_accuracy(logits: Tensor, labels: Tensor) -> float:
+    """How often the classifier names the label a conditional generator was asked for."""
+    return float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def parzen_log_likelihood(samples: Tensor, points: Tensor, sigma: float, chunk: int = 500) -> Tensor:
+    """Per-point log-likelihood of `points` under a Gaussian Parzen window of bandwidth sigma centred on each
+    sample (Goodfellow et al. 2014), in float64; inputs are flattened."""
+    s, p = samples.flatten(1).to(torch.float64), points.flatten(1).to(torch.float64)
+    dim = s.shape[1]
+    normaliser = math.log(len(s)) + dim / 2 * math.log(2 * math.pi * sigma**2)
+    out = [torch.logsumexp(-torch.cdist(p[i:i + chunk], s).square() / (2 * sigma**2), dim=1) - normaliser
+           for i in range(0, len(p), chunk)]
+    return torch.cat(out)

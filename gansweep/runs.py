@@ -1,77 +1,96 @@
-"""One training run outside a study, written to its own new folder: config, sample grids, checkpoint, result."""
+"""One tracked training run: the hooks every run gets (scores, sample grids, checkpoints, MLflow), in one place.
+
+A study's trial and `gansweep train` both come through `tracked_training`, so a run looks the same in MLflow
+whichever started it.
+"""
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gansweep.atomic import atomic_path
 from gansweep.checkpoint import CheckpointHook
 from gansweep.config import DataConfig, TrainConfig
-from gansweep.data import load_dataset
-from gansweep.progress import ProgressHook
+from gansweep.data import Dataset
+from gansweep.evaluation import SCORES, Evaluator, ScoreHook
 from gansweep.samples import SampleGridHook
-from gansweep.trainer import Hook, TrainResult, TrainState, resolve_device, train
-from gansweep.variants import get_variant
+from gansweep.trainer import Hook, TrainResult, train
+from gansweep.variants import Variant
 
-__all__ = ["RunOutcome", "run_training", "new_run_dir"]
+__all__ = ["RunOutcome", "tracked_training", "run_training", "TRAIN_EXPERIMENT", "TRAIN_OBJECTIVE"]
+
+TRAIN_EXPERIMENT = "train"  # where `gansweep train` records its runs, unless told otherwise
+TRAIN_OBJECTIVE = "fid_proxy"  # what "best" means for the best.pt checkpoint of a run outside a study
+
+
+def tracked_training(client: Any, run_id: str, variant: Variant, config: TrainConfig, data: Dataset,
+                     evaluator: Evaluator, objective: str, extra_params: dict[str, Any],
+                     hooks: Sequence[Hook] = (), label: str | None = None) -> TrainResult:
+    """Train into the existing MLflow run `run_id`; sample grids and checkpoints pass through a temporary folder
+    on their way to the run's artifacts. `hooks` come after the standard ones (they see this epoch's scores)."""
+    from gansweep.progress import ProgressHook
+    from gansweep.tracking import MlflowHook
+
+    with tempfile.TemporaryDirectory(prefix="gansweep-run-") as work_dir:
+        work = Path(work_dir)
+        standard: list[Hook] = [
+            ScoreHook(evaluator), SampleGridHook(work / "samples"), CheckpointHook(work / "checkpoints" / "last.pt"),
+            MlflowHook(client, run_id, work, f"score/{objective}", SCORES[objective].direction,
+                       {**evaluator.params(), **extra_params})]
+        progress = [ProgressHook(label)] if label else []
+        try:
+            return train(variant, config, data, [*standard, *hooks, *progress])
+        except BaseException as e:
+            _end_if_running(client, run_id, e)
+            raise
+
+
+def _end_if_running(client: Any, run_id: str, error: BaseException) -> None:
+    """A run that training left open (an error before its hooks could end it) is ended with the error."""
+    from gansweep.tracking import end_run
+
+    if client.get_run(run_id).info.status != "RUNNING":
+        return
+    if isinstance(error, KeyboardInterrupt):
+        end_run(client, run_id, "interrupted", "interrupted by the user")
+    else:
+        end_run(client, run_id, "failed", (str(error).strip().splitlines() or [type(error).__name__])[0])
 
 
 @dataclass(frozen=True)
 class RunOutcome:
     result: TrainResult
-    directory: Path
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
     config: TrainConfig
 
 
-def new_run_dir(root: Path, name: str) -> Path:
-    """A folder that did not exist before: nothing an earlier run wrote is ever overwritten."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1000):
-        path = root / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free run folder name under {root} for {name}-{stamp}")
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-
-
-class _RecordHook(Hook):
-    """Writes run.json at the start and again with the result at the end."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.record: dict[str, Any] = {}
-
-    def on_start(self, state: TrainState) -> None:
-        self.record = {"variant": state.variant.name, "config": state.config.to_dict(),
-                       "data": state.data.to_dict(), "device": str(state.device)}
-        _write_json(self.path, self.record)
-
-    def on_end(self, state: TrainState, result: TrainResult) -> None:
-        _write_json(self.path, {**self.record, "result": asdict(result)})
-
-
-def run_training(variant_name: str, data_config: DataConfig, out_root: Path, progress: bool = True,
+def run_training(variant_name: str, data_config: DataConfig, tracking_uri: str | None = None,
+                 experiment: str | None = None, n_eval: int | None = None, progress: bool = True,
                  **changes: Any) -> RunOutcome:
-    """Train one variant with `changes` over its defaults (None = not given) into a new folder under out_root."""
+    """Train one variant with `changes` over its defaults (None = not given) as a new MLflow run."""
+    from gansweep.classifier import get_classifier
+    from gansweep.data import load_dataset
+    from gansweep.trainer import resolve_device
+    from gansweep.tracking import client_for, experiment_id
+    from gansweep.tracking import tracking_uri as resolve
+    from gansweep.variants import get_variant
+
     variant = get_variant(variant_name)
     config = variant.config(**changes)
-    device = resolve_device(config.device)
-    data = load_dataset(data_config, device)
-    directory = new_run_dir(out_root, variant.name)
-    hooks: list[Hook] = [_RecordHook(directory / "run.json"), SampleGridHook(directory / "samples"),
-                         CheckpointHook(directory / "checkpoint.pt")]
-    if progress:
-        hooks.append(ProgressHook(variant.name))
-    result = train(variant, config, data, hooks)
-    return RunOutcome(result, directory, config)
+    data = load_dataset(data_config, resolve_device(config.device))
+    evaluator = Evaluator(get_classifier(data), data, n_eval)
+    uri = resolve(tracking_uri)
+    client = client_for(uri)
+    experiment_name = experiment or TRAIN_EXPERIMENT
+    experiment_key = experiment_id(client, experiment_name)
+    run = client.create_run(experiment_key, run_name=f"{variant.name} seed {config.seed}", tags={
+        "gansweep.role": "run", "gansweep.variant": variant.name, "gansweep.dataset": data.record.name,
+        "gansweep.seed": str(config.seed)})
+    result = tracked_training(client, run.info.run_id, variant, config, data, evaluator, TRAIN_OBJECTIVE, {},
+                              label=variant.name if progress else None)
+    return RunOutcome(result, run.info.run_id, experiment_key, uri, config)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import tempfile
 import time
 import tomllib
 from collections.abc import Mapping
@@ -25,11 +24,12 @@ from gansweep.errors import ConfigError, GansweepError, UnknownNameError
 from gansweep.trainer import Hook, StepLog, StopTraining, TrainState, resolve_device
 
 __all__ = ["StudySpec", "Objective", "StudyOptions", "StudyOutcome", "load_spec", "find_spec", "list_specs",
-           "run_study", "ranked_table", "format_table", "SAMPLERS", "PRUNERS", "STUDY_DIRS", "optuna_storage", "LOCAL_OPTUNA_STORAGE"]
+           "run_study", "ranked_table", "seed_spread", "format_table", "SAMPLERS", "PRUNERS", "STUDY_DIRS", "optuna_storage", "LOCAL_OPTUNA_STORAGE"]
 
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
 BUDGET_UNITS = ("images",)
+TABLE_SCORES = ("fid_proxy", "kid_proxy", "is_proxy", "coverage", "precision", "recall", "cond_accuracy")
 # Where `gansweep study NAME` looks for NAME.toml: the working directory's studies/, then the shipped ones.
 STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
 LOCAL_OPTUNA_STORAGE = Path("mlruns") / "optuna.journal"  # a journal file: safe for several local processes
@@ -38,8 +38,14 @@ _SPECIAL_AXES = ("variant", "seed", "beta1")  # swept names that are not TrainCo
 
 @dataclass(frozen=True)
 class Objective:
-    metric: str = "fid_pixel"  # a name in metrics.SCORES, logged as score/NAME
-    direction: str = "minimize"
+    metric: str = "fid_proxy"  # a name in evaluation.SCORES, logged as score/NAME
+    direction: str = ""  # minimize or maximize; empty: the score's own direction
+
+    def __post_init__(self) -> None:
+        from gansweep.evaluation import SCORES
+
+        if not self.direction and self.metric in SCORES:
+            object.__setattr__(self, "direction", SCORES[self.metric].direction)
 
     @property
     def key(self) -> str:
@@ -61,11 +67,13 @@ class StudySpec:
     sampler: str = "grid"
     pruner: str = "none"  # sensitivity studies measure whole curves: a failure is a data point, not a gap
     saturation_window: int = 0  # G steps of D(x) > 0.99 and D(G(z)) < 0.01 that end a trial; 0 = never
-    trials: int | None = None  # tpe/random: how many; grid: the grid's size
+    collapse_window: int = 0  # evaluations in a row with coverage below MODE_COLLAPSE_COVERAGE that end a trial
+    trials: int | None = None  # tpe/random: trials per variant, the same budget for each; grid: the grid's size
     seeds: tuple[int, ...] = (0,)
+    best_seeds: tuple[int, ...] = ()  # tpe/random: each variant's best parameters are re-run with these seeds
     space: Mapping[str, Any] = field(default_factory=dict)  # name -> list of values, or {low, high, log}
     config: Mapping[str, Any] = field(default_factory=dict)  # fixed TrainConfig values for every trial
-    n_eval: int = 1000  # generated and held-out images per score, bounded by the held-out split
+    n_eval: int | None = None  # images per evaluation; None: 2,000 on the CPU, 10,000 on CUDA, bounded by the split
     path: str = ""
 
     def grid_axes(self) -> dict[str, list[Any]]:
@@ -96,7 +104,7 @@ def _fail(path: str, key: str, message: str) -> ConfigError:
 def load_spec(path: Path) -> StudySpec:
     """Read and check a study file; every error names the file and the key."""
     from gansweep.data import DATASETS
-    from gansweep.metrics import SCORES
+    from gansweep.evaluation import SCORES
     from gansweep.variants import VARIANTS, get_variant
 
     where = str(path)
@@ -111,12 +119,16 @@ def load_spec(path: Path) -> StudySpec:
     for key in ("name", "description", "variants"):
         if key not in raw:
             raise _fail(where, key, "missing")
-    objective = Objective(**raw.pop("objective", {}))
+    try:
+        objective = Objective(**raw.pop("objective", {}))
+    except TypeError:
+        raise _fail(where, "objective", "is {metric = NAME, direction = minimize|maximize}") from None
     if objective.metric not in SCORES:
         raise _fail(where, "objective.metric", str(UnknownNameError("metric", objective.metric, SCORES)))
     if objective.direction not in ("minimize", "maximize"):
         raise _fail(where, "objective.direction", f"must be minimize or maximize, got {objective.direction!r}")
     spec = StudySpec(**{**raw, "variants": tuple(raw["variants"]), "seeds": tuple(raw.get("seeds", (0,))),
+                        "best_seeds": tuple(raw.get("best_seeds", ())),
                         "objective": objective, "path": where})
     for name in spec.variants:
         if name not in VARIANTS:
@@ -127,7 +139,10 @@ def load_spec(path: Path) -> StudySpec:
               ("budget_unit", spec.budget_unit in BUDGET_UNITS, f"must be one of {', '.join(BUDGET_UNITS)}"),
               ("trials", spec.sampler == "grid" or (spec.trials or 0) >= 1, f"{spec.sampler} needs trials >= 1"),
               ("seeds", len(spec.seeds) >= 1, "needs at least one seed"),
-              ("n_eval", spec.n_eval >= 2, "must be >= 2")]
+              ("best_seeds", spec.sampler != "grid" or not spec.best_seeds, "only for tpe/random searches"),
+              ("n_eval", spec.n_eval is None or spec.n_eval >= 2, "must be >= 2"),
+              ("saturation_window", spec.saturation_window >= 0, "must be >= 0"),
+              ("collapse_window", spec.collapse_window >= 0, "must be >= 0")]
     for key, ok, message in checks:
         if not ok:
             raise _fail(where, key, message)
@@ -224,22 +239,25 @@ def _key(params: Mapping[str, Any]) -> tuple:
 
 
 def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
+    from gansweep.classifier import get_classifier
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
-    from gansweep.tracking import client_for, experiment_id, tracking_uri
+    from gansweep.evaluation import Evaluator
+    from gansweep.tracking import client_for, experiment_id, store_lock, tracking_uri
 
     spec = options.apply(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     uri = tracking_uri(options.tracking_uri)
     client = client_for(uri)
     experiment = experiment_id(client, options.experiment or spec.name)
-    parent = None if options.fresh else _latest_parent(client, experiment, spec.name)
-    if parent is None:
-        study_name = spec.name if not options.fresh else f"{spec.name}@{time.strftime('%Y%m%d-%H%M%S')}"
-        parent_id = _new_parent(client, experiment, spec, study_name)
-    else:
-        study_name, parent_id = parent.data.tags["gansweep.optuna_study"], parent.info.run_id
-        client.update_run(parent_id, status="RUNNING")
+    with store_lock(uri):  # two processes starting the same study at once share one parent run
+        parent = None if options.fresh else _latest_parent(client, experiment, spec.name)
+        if parent is None:
+            study_name = spec.name if not options.fresh else f"{spec.name}@{time.strftime('%Y%m%d-%H%M%S')}"
+            parent_id = _new_parent(client, experiment, spec, study_name)
+        else:
+            study_name, parent_id = parent.data.tags["gansweep.optuna_study"], parent.info.run_id
+            client.update_run(parent_id, status="RUNNING")
     storage = optuna_storage(options.storage)
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=_sampler(spec),
                                 pruner=_pruner(spec), direction=spec.objective.direction, load_if_exists=True)
@@ -247,7 +265,8 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     study.set_user_attr("mlflow_experiment_id", experiment)
     device = resolve_device(options.device)
     data = load_dataset(DataConfig(dataset=spec.dataset), device)
-    runner = _TrialRunner(spec, study, client, experiment, parent_id, data, options.progress)
+    evaluator = Evaluator(get_classifier(data), data, spec.n_eval)
+    runner = _TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress)
     try:
         ran = runner.run_grid(options.trials) if spec.sampler == "grid" else runner.run_sampled()
     except KeyboardInterrupt:
@@ -305,9 +324,10 @@ class _TrialRunner:
     """Runs trials of one study: asks Optuna for parameters, trains, and tells Optuna and MLflow how it ended."""
 
     def __init__(self, spec: StudySpec, study: Any, client: Any, experiment: str, parent_id: str, data: Any,
-                 progress: bool):
+                 evaluator: Any, progress: bool):
         self.spec, self.study, self.client = spec, study, client
         self.experiment, self.parent_id, self.data, self.progress = experiment, parent_id, data, progress
+        self.evaluator = evaluator
 
     def run_grid(self, limit: int | None) -> int:
 
@@ -348,27 +368,76 @@ class _TrialRunner:
         return False
 
     def run_sampled(self) -> int:
-
-        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        todo = max(0, (self.spec.trials or 0) - done)
-        for _ in range(todo):
+        """The search: `trials` per variant, each trial given to the variant with the fewest so far, so every
+        variant gets the same budget. Then, with `best_seeds`, each variant's best parameters again per seed."""
+        spec, ran = self.spec, 0
+        total = (spec.trials or 0) * len(spec.variants) + len(spec.best_seeds) * len(spec.variants)
+        while (variant := self._next_search_variant()) is not None:
+            self.study.enqueue_trial({"variant": variant})
             trial = self.study.ask()
-            params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
-            for name, values in self.spec.space.items():
+            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
+            for name, values in spec.space.items():
                 params[name] = _suggest(trial, name, values)
-            params["seed"] = self.spec.seeds[trial.number % len(self.spec.seeds)]
+            params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
             trial.set_user_attr("seed", params["seed"])
-            self._run(trial, params, self.spec.trials or 0)
+            trial.set_user_attr("phase", "search")
+            self._run(trial, params, total)
+            ran += 1
+        for best, seed in self._reruns():
+            self.study.enqueue_trial(best.params)
+            trial = self.study.ask()
+            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
+            params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
+            for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
+                trial.set_user_attr(key, value)
+            if self._rerun_taken(trial, params["variant"], seed):
+                continue
+            self._run(trial, {**params, "seed": seed}, total)
+            ran += 1
+        return ran
+
+    def _live(self, phase: str) -> list[Any]:
+        """Trials of a phase that count as done or under way (failed and interrupted ones are run again)."""
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("phase") == phase
+                and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+
+    def _next_search_variant(self) -> str | None:
+        counts = {v: 0 for v in self.spec.variants}
+        for t in self._live("search"):
+            counts[t.params.get("variant")] = counts.get(t.params.get("variant"), 0) + 1
+        variant = min(self.spec.variants, key=lambda v: counts[v])
+        return variant if counts[variant] < (self.spec.trials or 0) else None
+
+    def _reruns(self) -> list[tuple[Any, int]]:
+        """(best search trial, seed) for every variant and best seed not yet re-run."""
+        if not self.spec.best_seeds:
+            return []
+        search = [t for t in self._live("search") if t.state == TrialState.COMPLETE]
+        done = {(t.params.get("variant"), t.user_attrs.get("seed")) for t in self._live("rerun")}
+        todo = []
+        for variant in self.spec.variants:
+            finished = [t for t in search if t.params.get("variant") == variant]
+            if not finished:
+                continue
+            sign = 1 if self.spec.objective.direction == "minimize" else -1
+            best = min(finished, key=lambda t: sign * t.value)
+            todo += [(best, seed) for seed in self.spec.best_seeds if (variant, seed) not in done]
         return todo
+
+    def _rerun_taken(self, trial: Any, variant: str, seed: int) -> bool:
+        for other in self._live("rerun"):
+            if (other.number < trial.number and other.params.get("variant") == variant
+                    and other.user_attrs.get("seed") == seed):
+                trial.set_user_attr("status", "duplicate")
+                trial.set_user_attr("reason", f"re-run already taken by trial {other.number}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                return True
+        return False
 
     def _run(self, trial: Any, params: dict[str, Any], total: int) -> None:
 
-        from gansweep.checkpoint import CheckpointHook
-        from gansweep.evaluation import ScoreHook
-        from gansweep.progress import ProgressHook
-        from gansweep.samples import SampleGridHook
-        from gansweep.tracking import MlflowHook
-        from gansweep.trainer import train
+        from gansweep.runs import tracked_training
         from gansweep.variants import get_variant
 
         spec = self.spec
@@ -390,26 +459,27 @@ class _TrialRunner:
         label = f"trial {trial.number + 1}/{total} {variant.name} {swept}"
         extra = {"study": spec.name, "trial": trial.number, "budget_unit": spec.budget_unit,
                  "objective": spec.objective.key, **{f"swept.{k}": v for k, v in params.items()}}
-        with tempfile.TemporaryDirectory(prefix="gansweep-trial-") as work_dir:
-            work = Path(work_dir)
-            hooks = [ScoreHook(self.data.test_images, spec.n_eval),
-                     SampleGridHook(work / "samples"), CheckpointHook(work / "checkpoints" / "last.pt"),
-                     MlflowHook(self.client, run_id, work, spec.objective.key, spec.objective.direction, extra),
-                     _OptunaReport(trial, spec.objective.key, spec.pruner)]
-            if spec.saturation_window:
-                hooks.append(_SaturationStop(spec.saturation_window))
-            if self.progress:
-                hooks.append(ProgressHook(label))
-            try:
-                result = train(variant, config, self.data, hooks)
-            except KeyboardInterrupt:
-                trial.set_user_attr("status", "interrupted")
-                trial.set_user_attr("reason", "interrupted by the user")
-                self.study.tell(trial, state=TrialState.FAIL)
-                raise
-            except GansweepError as e:
-                self._end(trial, run_id, "failed", str(e), TrialState.FAIL)
-                return
+        hooks: list[Hook] = [_OptunaReport(trial, spec.objective.key, spec.pruner)]
+        if spec.saturation_window:
+            hooks.append(_SaturationStop(spec.saturation_window))
+        if spec.collapse_window:
+            hooks.append(_CollapseStop(spec.collapse_window))
+        try:
+            result = tracked_training(self.client, run_id, variant, config, self.data, self.evaluator,
+                                      spec.objective.metric, extra, hooks, label if self.progress else None)
+        except KeyboardInterrupt:
+            trial.set_user_attr("status", "interrupted")
+            trial.set_user_attr("reason", "interrupted by the user")
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        except GansweepError as e:
+            self._end(trial, run_id, "failed", str(e), TrialState.FAIL)
+            return
+        for name, value in result.scores.items():
+            if name.startswith("score/"):
+                trial.set_user_attr(f"final.{name.removeprefix('score/')}", value)
+        for name, note in result.notes.items():
+            trial.set_user_attr(name, note)
         for key, value in (("status", result.status), ("reason", result.reason), ("epochs", result.epochs),
                            ("g_steps", result.steps), ("images_seen", result.images_seen),
                            ("wall_time_s", round(result.wall_time_s, 2))):
@@ -417,7 +487,7 @@ class _TrialRunner:
         objective = result.scores.get(spec.objective.key)
         if result.status == "finished" and objective is not None and math.isfinite(objective):
             self.study.tell(trial, objective)
-        else:  # pruned, diverged: a finished point of the grid, with its reason, never re-run
+        else:  # pruned, diverged, collapsed: a finished point of the grid, with its reason, never re-run
             self.study.tell(trial, state=TrialState.PRUNED)
 
     def _end(self, trial: Any, run_id: str, status: str, reason: str, state: Any) -> None:
@@ -450,6 +520,11 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
                "seed": t.params.get("seed", t.user_attrs.get("seed"))}
         row.update({k: v for k, v in t.params.items() if k not in ("variant", "seed")})
         row[spec.objective.metric] = t.value
+        for name in TABLE_SCORES:
+            if name != spec.objective.metric and f"final.{name}" in t.user_attrs:
+                row[name] = t.user_attrs[f"final.{name}"]
+        if "phase" in t.user_attrs and spec.best_seeds:
+            row["phase"] = t.user_attrs["phase"]
         row["status"] = t.user_attrs.get("status", t.state.name.lower())
         row["epochs"] = t.user_attrs.get("epochs")
         row["wall_s"] = t.user_attrs.get("wall_time_s")
@@ -460,6 +535,21 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
         return table
     return table.sort_values(spec.objective.metric, ascending=spec.objective.direction == "minimize",
                              na_position="last", kind="stable").reset_index(drop=True)
+
+
+def seed_spread(table: Any, spec: StudySpec) -> Any:
+    """Per variant, the objective over the re-runs of its best parameters: the answer of a fair comparison is a
+    distribution per variant, not one lucky run. Empty unless the study has best_seeds."""
+    import pandas as pd
+
+    metric = spec.objective.metric
+    if table.empty or "phase" not in table:
+        return pd.DataFrame()
+    reruns = table[table["phase"] == "rerun"]
+    if reruns.empty:
+        return pd.DataFrame()
+    spread = reruns.groupby("variant")[metric].agg(["count", "mean", "std", "min", "max"])
+    return spread.sort_values("mean", ascending=spec.objective.direction == "minimize").reset_index()
 
 
 class _OptunaReport(Hook):
@@ -491,6 +581,24 @@ class _SaturationStop(Hook):
             if self.run >= self.window:
                 raise StopTraining("pruned", f"saturated discriminator: D(x) > 0.99 and D(G(z)) < 0.01 "
                                              f"for {self.window} G steps, up to step {step}")
+
+
+class _CollapseStop(Hook):
+    """Ends a trial whose class coverage stays below MODE_COLLAPSE_COVERAGE for `window` evaluations in a row."""
+
+    def __init__(self, window: int):
+        self.window, self.run = window, 0
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        from gansweep.evaluation import MODE_COLLAPSE_COVERAGE
+
+        coverage = state.scores.get("score/coverage")
+        if coverage is None:
+            return
+        self.run = self.run + 1 if coverage < MODE_COLLAPSE_COVERAGE else 0
+        if self.run >= self.window:
+            raise StopTraining("collapsed", f"mode collapse: coverage {coverage:.2f} < {MODE_COLLAPSE_COVERAGE} "
+                                            f"for {self.window} evaluations, up to epoch {state.epoch}")
 
 
 def format_table(table: Any) -> str:

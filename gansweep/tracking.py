@@ -6,11 +6,14 @@ can hold its parent run open while each trial's child run starts and ends.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +25,14 @@ from gansweep.checkpoint import save_checkpoint
 from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
 
 __all__ = ["LOCAL_TRACKING_URI", "LOCAL_STORE", "tracking_uri", "client_for", "experiment_id", "experiment_url",
-           "MlflowHook", "RUN_STATUS", "end_run", "git_commit"]
+           "MlflowHook", "RUN_STATUS", "end_run", "git_commit", "store_lock"]
 
 LOCAL_STORE = Path("mlruns")
 LOCAL_TRACKING_URI = f"sqlite:///{LOCAL_STORE}/mlflow.db"  # MLflow 3.17+ refuses a plain ./mlruns file store
 _BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 # How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
-RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED", "diverged": "FAILED",
+RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "collapsed": "KILLED", "interrupted": "KILLED", "diverged": "FAILED",
               "failed": "FAILED"}
 
 
@@ -46,19 +49,40 @@ def tracking_uri(given: str | None) -> str:
 
 
 def client_for(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+    """A client whose store exists: MLflow creates a sqlite store's tables as the client is made, so two
+    processes starting on a new store take turns (store_lock)."""
+    with store_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialises find-or-create steps of several processes on one local sqlite store (a file lock beside the
+    database); a tracking server orders its own requests, so other stores need none."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The experiment's id, creating it on first use; a sqlite store keeps artifacts in artifacts/ beside it."""
-    existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    location = None
-    if client.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
-        database = Path(client.tracking_uri.removeprefix("sqlite:///"))
-        location = f"{(database.parent / 'artifacts').resolve().as_uri()}/{_slug(name)}"
-    return client.create_experiment(name, artifact_location=location)
+    with store_lock(client.tracking_uri):
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        location = None
+        if client.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+            database = Path(client.tracking_uri.removeprefix("sqlite:///"))
+            location = f"{(database.parent / 'artifacts').resolve().as_uri()}/{_slug(name)}"
+        return client.create_experiment(name, artifact_location=location)
 
 
 def experiment_url(host: str, port: int, experiment: str) -> str:
@@ -94,6 +118,7 @@ class MlflowHook(Hook):
         self.objective, self.minimize = objective, direction == "minimize"
         self.extra_params = extra_params
         self.best: float | None = None
+        self.noted: set[str] = set()
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
 
     def on_start(self, state: TrainState) -> None:
@@ -127,6 +152,10 @@ class MlflowHook(Hook):
         grid = self.work_dir / "samples" / f"epoch_{state.epoch:03d}.png"
         if grid.exists():
             self.client.log_artifact(self.run_id, str(grid), "samples")
+        for name, note in state.notes.items():
+            if name not in self.noted:
+                self.noted.add(name)
+                self.client.set_tag(self.run_id, f"gansweep.{name}", note)
         value = state.scores.get(self.objective)
         if value is not None and (self.best is None or (value < self.best if self.minimize else value > self.best)):
             self.best = value

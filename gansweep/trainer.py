@@ -66,6 +66,7 @@ class TrainState:
     images_seen: int = 0  # real images shown to D
     last: dict[str, float] = field(default_factory=dict)  # latest logged value of each step metric
     scores: dict[str, float] = field(default_factory=dict)  # latest per-epoch scores, filled by scoring hooks
+    notes: dict[str, str] = field(default_factory=dict)  # events to record with the run, e.g. mode_collapse
 
     @property
     def conditional(self) -> bool:
@@ -95,6 +96,7 @@ class TrainResult:
     wall_time_s: float
     last: dict[str, float]
     scores: dict[str, float]
+    notes: dict[str, str]
 
 
 class StopTraining(Exception):
@@ -268,4 +270,4 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
 def _result(state: TrainState, status: str, reason: str, started: float) -> TrainResult:
     return TrainResult(status=status, reason=reason, epochs=state.epoch, steps=state.step,
                        images_seen=state.images_seen, wall_time_s=time.perf_counter() - started,
-                       last=dict(state.last), scores=dict(state.scores))
+                       last=dict(state.last), scores=dict(state.scores), notes=dict(state.notes))

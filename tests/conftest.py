@@ -9,6 +9,15 @@ from gansweep.data import DataRecord, Dataset, load_dataset
 TINY = dict(epochs=1, batch_size=16, hidden=(32,), width=8, z_dim=8, n_samples=16, log_every=4, device="cpu")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_net_cache(tmp_path_factory):
+    """Feature networks are trained once per test session into a temporary cache, never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("cache")
+        patch.setenv("GANSWEEP_CACHE", str(path))
+        yield path
+
+
 def synthetic_dataset(n: int = 96, shape: tuple[int, int, int] = (1, 28, 28), n_classes: int = 10) -> Dataset:
     """Random images in [-1, 1]: enough to exercise the loop without reading any files."""
     g = torch.Generator().manual_seed(0)
@@ -26,3 +35,10 @@ def tiny_data() -> Dataset:
 @pytest.fixture(scope="session")
 def mnist5k() -> Dataset:
     return load_dataset(DataConfig(dataset="mnist-5k"), "cpu")
+
+
+@pytest.fixture(scope="session")
+def mnist5k_classifier(mnist5k, feature_net_cache):
+    from gansweep.classifier import get_classifier
+
+    return get_classifier(mnist5k, log=False)

@@ -1,9 +1,9 @@
-import json
 import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 
 from gansweep.cli import main
 from gansweep.variants import VARIANTS
@@ -45,18 +45,28 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_train_writes_a_new_run_folder(tmp_path):
-    result = invoke("train", "gan", "--epochs", "2", "--batch-size", "256", "--device", "cpu", "--out", tmp_path)
+def test_train_is_a_tracked_mlflow_run(tmp_path, monkeypatch, mnist5k_classifier):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/store.db"
+    args = ["train", "gan", "--batch-size", "256", "--n-eval", "200", "--device", "cpu", "--tracking-uri", uri,
+            "--experiment", "mine"]
+    result = invoke(*args, "--epochs", "2")
     assert result.exit_code == 0, result.output
-    (run,) = tmp_path.iterdir()
-    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
-    record = json.loads((run / "run.json").read_text())
-    assert record["variant"] == "gan" and record["config"]["batch_size"] == 256
-    assert record["data"]["name"] == "mnist-5k" and record["result"]["status"] == "finished"
-    assert record["result"]["steps"] == 2 * (4000 // 256)
-    assert (run / "checkpoint.pt").stat().st_size > 0
-    again = invoke("train", "gan", "--epochs", "1", "--batch-size", "256", "--device", "cpu", "--out", tmp_path)
-    assert again.exit_code == 0 and len(list(tmp_path.iterdir())) == 2  # a second run never reuses the folder
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mine").experiment_id])
+    assert run.info.run_id in result.output and run.info.status == "FINISHED"
+    assert run.data.tags["gansweep.status"] == "finished" and run.data.tags["gansweep.variant"] == "gan"
+    assert run.data.params["batch_size"] == "256" and run.data.params["eval.n"] == "200"
+    assert run.data.params["feature_net.checksum"] == mnist5k_classifier.checksum
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "score/fid_proxy")] == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "loss/g")) == 2 * (4000 // 256)
+    assert 0 < run.data.metrics["floor/fid_proxy"] < run.data.metrics["score/fid_proxy"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
+        "checkpoints/last.pt", "checkpoints/best.pt"}
+    again = invoke(*args, "--epochs", "1")
+    assert again.exit_code == 0
+    assert len(client.search_runs([client.get_experiment_by_name("mine").experiment_id])) == 2  # a new run
+    assert not (tmp_path / "mlruns").exists()  # everything went to the store asked for
 
 
 def test_every_command_has_help_and_a_readme_entry():

@@ -1,8 +1,21 @@
+"""The proxy scores: closed forms worked out by hand, torchmetrics as an independent reference, and the
+behaviour each score must show on real mnist-5k digits in the feature space of its trained classifier."""
+
+import math
+
 import pytest
 import torch
+import torchvision.transforms.functional as TF
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance  # the modules, not torchmetrics.image: no torch-fidelity
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
 
-from gansweep.evaluation import ScoreHook
-from gansweep.metrics import GaussianStats, frechet_distance, gaussian_stats, pixel_features
+from gansweep.classifier import cached_path, get_classifier, train_classifier
+from gansweep import evaluation
+from gansweep.evaluation import Evaluator, ScoreHook, parzen
+from gansweep.metrics import (GaussianStats, class_coverage, classifier_score, conditional_accuracy,
+                              frechet_distance, gaussian_stats, kid, parzen_log_likelihood, precision_recall)
 from gansweep.trainer import train
 from gansweep.variants import get_variant
 
@@ -20,10 +33,11 @@ def test_frechet_distance_of_two_known_gaussians():
     assert frechet_distance(a, b) == pytest.approx(2.0, rel=1e-6)
 
 
-def test_frechet_distance_mean_term():
-    a = stats([1.0, 2.0], [[1.0, 0.0], [0.0, 1.0]])
-    b = stats([4.0, 6.0], [[1.0, 0.0], [0.0, 1.0]])
-    assert frechet_distance(a, b) == pytest.approx(25.0, rel=1e-6)
+def test_frechet_distance_with_correlated_covariances():
+    """S_a = [[2, 1], [1, 2]] (eigenvalues 3, 1), S_b = I, means 3 apart: 9 + 4 + 2 - 2 (sqrt 3 + 1)."""
+    a = stats([0.0, 0.0], [[2.0, 1.0], [1.0, 2.0]])
+    b = stats([3.0, 0.0], [[1.0, 0.0], [0.0, 1.0]])
+    assert frechet_distance(a, b) == pytest.approx(15 - 2 * (math.sqrt(3) + 1), rel=1e-6)
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero():
@@ -31,23 +45,158 @@ def test_frechet_distance_of_a_set_with_itself_is_zero():
     assert frechet_distance(gaussian_stats(x), gaussian_stats(x)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_pixel_fid_ranks_real_below_noise(mnist5k):
-    real = gaussian_stats(pixel_features(mnist5k.test_images))
-    other_real = gaussian_stats(pixel_features(mnist5k.train_images[:1000]))
-    noise = gaussian_stats(pixel_features(torch.rand(1000, 1, 28, 28) * 2 - 1))
-    assert frechet_distance(other_real, real) < 0.1 * frechet_distance(noise, real)
+def test_kid_by_hand_on_two_points_per_set():
+    """d = 1, kernel (xy + 1)^3. X = {0, 1}, Y = {0, 2}: k(0,1) = 1, k(0,2) = 1, k(0,0) = 1, k(1,2) = 27,
+    k(1,0) = 1. within = (2 k(0,1) + 2 k(0,2)) / 2 = 2; across = (1 + 1 + 1 + 27) / 4 = 7.5; MMD^2 = 2 - 15."""
+    mean, std = kid(torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [2.0]]), subsets=3, subset_size=2)
+    assert mean == pytest.approx(-13.0) and std == pytest.approx(0.0)
 
 
-def test_score_hook_scores_every_epoch(tiny_data):
+def test_classifier_score_bounds():
+    """Confident and uniform over 4 classes: exp(log 4) = 4. All the same class: 1."""
+    confident = torch.eye(4).repeat(25, 1) * 50
+    assert classifier_score(confident) == pytest.approx(4.0, rel=1e-6)
+    assert classifier_score(torch.zeros(10, 4).index_fill_(1, torch.tensor([2]), 50.0)) == pytest.approx(1.0)
+
+
+def test_class_coverage_by_hand():
+    """10 classes, 100 samples: 60 in class 0, 40 in class 1 -> 2 of 10 covered, KL = .6 log 6 + .4 log 4."""
+    logits = torch.zeros(100, 10)
+    logits[:60, 0] = 1
+    logits[60:, 1] = 1
+    coverage, kl = class_coverage(logits)
+    assert coverage == pytest.approx(0.2)
+    assert kl == pytest.approx(0.6 * math.log(6) + 0.4 * math.log(4))
+
+
+def test_precision_recall_by_hand():
+    """k=1. Real points 0..4 on a line: every real ball has radius 1. Fakes at 2 and 10: 10 is outside every
+    real ball, so precision is 1/2. Each fake ball reaches the other fake (radius 8), so it holds every real
+    point: recall 1."""
+    real = torch.arange(5.0)[:, None]
+    fake = torch.tensor([[2.0], [10.0]])
+    precision, recall = precision_recall(real, fake, k=1)
+    assert precision == pytest.approx(0.5) and recall == pytest.approx(1.0)
+
+
+def test_parzen_of_one_sample_is_a_gaussian_density():
+    """One sample at 0, a point at distance 1 in 2-D, sigma 0.5: log N = -1/(2 .25) - log(2 pi .25)."""
+    ll = parzen_log_likelihood(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), 0.5)
+    assert float(ll[0]) == pytest.approx(-2.0 - math.log(2 * math.pi * 0.25), rel=1e-9)
+
+
+class Features(nn.Module):
+    """The classifier's penultimate features as the module torchmetrics expects."""
+
+    def __init__(self, classifier, logits=False):
+        super().__init__()
+        self.classifier, self.logits, self.num_features = classifier, logits, 10 if logits else 128
+
+    def forward(self, x):
+        features, logits = self.classifier.embed(x)
+        return logits if self.logits else features
+
+
+def test_feature_network_is_accurate_and_cached(mnist5k, mnist5k_classifier):
+    assert mnist5k_classifier.accuracy >= 0.95
+    assert cached_path("mnist-5k", mnist5k.record.checksum).is_file()
+    again = get_classifier(mnist5k, log=False)
+    assert again.checksum == mnist5k_classifier.checksum and again.accuracy == mnist5k_classifier.accuracy
+
+
+def test_scores_agree_with_torchmetrics(mnist5k, mnist5k_classifier):
+    real, fake = mnist5k.test_images[:600], mnist5k.train_images[:600]
+    features = Features(mnist5k_classifier)
+    ours = frechet_distance(gaussian_stats(features(fake)), gaussian_stats(features(real)))
+    fid = FrechetInceptionDistance(feature=features, normalize=True)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    assert ours == pytest.approx(float(fid.compute()), rel=1e-6)
+
+    torch.manual_seed(7)  # torchmetrics draws its subsets from torch's global generator, ours from this one
+    reference = KernelInceptionDistance(feature=features, subsets=20, subset_size=300, normalize=True)
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    ref_mean, ref_std = reference.compute()
+    mean, std = kid(features(real), features(fake), 20, 300, torch.Generator().manual_seed(7))
+    assert mean == pytest.approx(float(ref_mean), rel=1e-4) and std == pytest.approx(float(ref_std), rel=1e-3)
+
+    inception = InceptionScore(feature=Features(mnist5k_classifier, logits=True), splits=1)  # no uint8 cast
+    inception.update(fake)
+    assert classifier_score(Features(mnist5k_classifier, logits=True)(fake)) == pytest.approx(
+        float(inception.compute()[0]), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def evaluator(mnist5k, mnist5k_classifier):
+    return Evaluator(mnist5k_classifier, mnist5k, n=1000)
+
+
+def test_real_data_sits_far_below_noise(evaluator, mnist5k):
+    noise = evaluator.score(torch.rand(1000, 1, 28, 28) * 2 - 1)
+    floor = evaluator.floor
+    assert floor["fid_proxy"] < 0.05 * noise["fid_proxy"]
+    assert floor["kid_proxy"] < 0.05 * noise["kid_proxy"]
+    assert floor["coverage"] == 1.0 and floor["is_proxy"] > 8
+    assert floor["precision"] > 0.8 and floor["recall"] > 0.8
+
+
+def test_kid_is_unbiased_on_real_against_real(evaluator, mnist5k):
+    """Two halves of the same distribution: the mean MMD^2 over subsets is about 0 (it may be negative)."""
+    features, _ = evaluator.classifier.embed(mnist5k.train_images[:2000])
+    mean, std = kid(features[:1000], features[1000:], 50, 500, torch.Generator().manual_seed(0))
+    noise_features, _ = evaluator.classifier.embed(torch.rand(1000, 1, 28, 28) * 2 - 1)
+    far, _ = kid(features[:1000], noise_features, 50, 500, torch.Generator().manual_seed(0))
+    assert abs(mean) < 0.01 * far and abs(mean) < 3 * std + 1e-9
+
+
+def test_a_generator_of_one_digit_is_caught(evaluator, mnist5k):
+    """Real images, but only sevens: coverage 1/10, classifier score ~1, low recall, precision still high."""
+    sevens = mnist5k.train_images[mnist5k.train_labels == 7][:300]
+    scores = evaluator.score(sevens)
+    assert scores["coverage"] == pytest.approx(0.1)
+    assert scores["is_proxy"] < 1.3
+    assert scores["recall"] < 0.3 and scores["precision"] > 0.8
+    assert scores["class_kl"] > 0.9 * math.log(10)
+
+
+def test_blur_makes_fid_proxy_grow_monotonically(evaluator, mnist5k):
+    images = mnist5k.train_images[:1000]
+    values = [evaluator.score(TF.gaussian_blur(images, 9, sigma) if sigma else images)["fid_proxy"]
+              for sigma in (0, 0.7, 1.2, 2.0, 3.0)]
+    assert values == sorted(values) and values[-1] > 10 * values[0]
+
+
+def test_conditional_accuracy_follows_the_labels(evaluator, mnist5k, mnist5k_classifier):
+    images, labels = mnist5k.test_images, mnist5k.test_labels
+    right = evaluator.score(images, labels)["cond_accuracy"]
+    assert right == pytest.approx(mnist5k_classifier.accuracy, abs=1e-6)  # the same images it was measured on
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    assert conditional_accuracy(evaluator.classifier.embed(images)[1], shuffled) == pytest.approx(0.1, abs=0.04)
+
+
+def test_parzen_prefers_real_samples_to_noise(mnist5k):
+    validation, test = mnist5k.train_images[-500:], mnist5k.test_images[:300]
+    real = parzen(mnist5k.train_images[:2000], validation, test)
+    noise = parzen(torch.rand(2000, 1, 28, 28) * 2 - 1, validation, test)
+    assert real["parzen_ll"] > noise["parzen_ll"] + 10 * real["parzen_ll_stderr"]
+    assert 0 < real["parzen_ll_stderr"] < abs(real["parzen_ll"])
+
+
+def test_score_hook_scores_every_epoch_and_notes_collapse(tiny_data, monkeypatch):
+    classifier = train_classifier(tiny_data, epochs=1)
+    seen = []
+
     class Seen(ScoreHook):
-        values = []
-
         def on_epoch_end(self, state):
             super().on_epoch_end(state)
-            self.values.append(state.scores["score/fid_pixel"])
+            seen.append(dict(state.scores))
 
-    hook = Seen(tiny_data.test_images, 64)
+    monkeypatch.setattr(evaluation, "MODE_COLLAPSE_COVERAGE", 1.01)  # any coverage counts as collapse
+    hook = Seen(Evaluator(classifier, tiny_data, n=64))
     variant = get_variant("cgan")
     result = train(variant, variant.config(**{**TINY, "epochs": 2}), tiny_data, [hook])
-    assert len(hook.values) == 2 and all(v > 0 for v in hook.values)
-    assert result.scores["score/fid_pixel"] == hook.values[-1]
+    assert len(seen) == 2 and all(s["score/fid_proxy"] > 0 for s in seen)
+    assert "score/cond_accuracy" in seen[0] and "floor/cond_accuracy" in seen[0]
+    assert result.scores["score/fid_proxy"] == seen[-1]["score/fid_proxy"]
+    assert result.notes == {"mode_collapse": f"epoch 1: coverage {seen[0]['score/coverage']:.2f}"}  # the first

@@ -1,5 +1,7 @@
 """Studies end to end: real `gansweep study` runs into a store in tmp_path, read back through MLflow and Optuna."""
 
+import re
+
 import optuna
 import pytest
 from click.testing import CliRunner
@@ -10,7 +12,7 @@ from PIL import Image
 from gansweep.cli import main
 from gansweep.errors import ConfigError
 from gansweep.evaluation import ScoreHook
-from gansweep.study import LOCAL_OPTUNA_STORAGE, StudyOptions, load_spec, optuna_storage, run_study
+from gansweep.study import LOCAL_OPTUNA_STORAGE, StudyOptions, load_spec, optuna_storage, run_study, seed_spread
 from gansweep.tracking import tracking_uri
 
 TINY_STUDY = """
@@ -22,7 +24,7 @@ budget_unit = "images"
 epochs = 2
 batch_size = 200
 n_eval = 200
-objective = {{ metric = "fid_pixel", direction = "minimize" }}
+objective = {{ metric = "fid_proxy", direction = "minimize" }}
 sampler = "grid"
 pruner = "none"
 seeds = [0]
@@ -61,7 +63,7 @@ def trials(name="tiny"):
 def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
     result = invoke("study", "tiny", "--trials", "1", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "fid_pixel" in result.output and "gansweep ui" in result.output
+    assert "fid_proxy" in result.output and "gansweep ui" in result.output
 
     client = MlflowClient(tracking_uri(None))
     experiment = client.get_experiment_by_name("tiny")
@@ -86,7 +88,7 @@ def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
     g_steps = 2 * (4000 // 200)
     losses = client.get_metric_history(child.info.run_id, "loss/d")
     assert sorted(m.step for m in losses) == list(range(1, g_steps + 1))
-    scores = client.get_metric_history(child.info.run_id, "score/fid_pixel")
+    scores = client.get_metric_history(child.info.run_id, "score/fid_proxy")
     assert [m.step for m in scores] == [1, 2]
     assert trial.value == pytest.approx(scores[-1].value)
     assert trial.intermediate_values == {1: pytest.approx(scores[0].value), 2: pytest.approx(scores[1].value)}
@@ -185,3 +187,82 @@ def test_bad_study_overrides_are_exit_code_2(store, args, message):
     result = invoke("study", "tiny", *args)
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_collapsed_trial_is_stopped_and_recorded(store, monkeypatch):
+    """With collapse_window = 1, the first evaluation under the coverage threshold ends the trial."""
+    monkeypatch.setattr("gansweep.evaluation.MODE_COLLAPSE_COVERAGE", 1.01)  # any coverage counts as collapse
+    (store / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra="collapse_window = 1"))
+    spec = load_spec(store / "studies" / "tiny.toml")
+    run_study(spec, StudyOptions(trials=1, device="cpu", progress=False))
+    (trial,) = trials()
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "collapsed"
+    assert trial.user_attrs["epochs"] == 1 and "mode collapse" in trial.user_attrs["reason"]
+    assert trial.user_attrs["mode_collapse"].startswith("epoch 1:")
+    run = MlflowClient(tracking_uri(None)).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["gansweep.status"] == "collapsed"
+    assert run.data.tags["gansweep.mode_collapse"] == trial.user_attrs["mode_collapse"]
+
+
+FAIR = TINY_STUDY.format(extra="trials = 2\nbest_seeds = [5, 6]").replace('name = "tiny"', 'name = "fair"').replace(
+    'variants = ["gan"]', 'variants = ["gan", "lsgan"]').replace('sampler = "grid"', 'sampler = "random"').replace(
+    "epochs = 2", "epochs = 1").replace("[config]", "[config]\nwidth = 8").replace(
+    "lr = [1e-4, 3e-4, 1e-3]", "lr = { low = 1e-4, high = 1e-3, log = true }\nbeta1 = { low = 0.0, high = 0.9 }")
+
+
+def test_a_fair_comparison_gives_each_variant_the_same_budget_then_reruns_its_best(store):
+    (store / "studies" / "fair.toml").write_text(FAIR)
+    outcome = run_study(load_spec(store / "studies" / "fair.toml"), StudyOptions(device="cpu", progress=False))
+    assert outcome.ran == 2 * 2 + 2 * 2
+    done = trials("fair")
+    search = [t for t in done if t.user_attrs["phase"] == "search"]
+    reruns = [t for t in done if t.user_attrs["phase"] == "rerun"]
+    assert sorted(t.params["variant"] for t in search) == ["gan", "gan", "lsgan", "lsgan"]
+    for variant in ("gan", "lsgan"):
+        best = min((t for t in search if t.params["variant"] == variant), key=lambda t: t.value)
+        mine = [t for t in reruns if t.params["variant"] == variant]
+        assert sorted(t.user_attrs["seed"] for t in mine) == [5, 6]
+        assert all(t.params == best.params and t.user_attrs["rerun_of"] == best.number for t in mine)
+        runs = [MlflowClient(tracking_uri(None)).get_run(t.user_attrs["mlflow_run_id"]) for t in mine]
+        assert sorted(r.data.params["seed"] for r in runs) == ["5", "6"]
+        assert all(float(r.data.params["betas"].strip("()").split(",")[0]) == pytest.approx(best.params["beta1"])
+                   for r in runs)
+    spread = seed_spread(outcome.table, outcome.spec)
+    assert sorted(spread["variant"]) == ["gan", "lsgan"] and list(spread["count"]) == [2, 2]
+    gan = [t.value for t in reruns if t.params["variant"] == "gan"]
+    row = spread[spread["variant"] == "gan"].iloc[0]
+    assert row["mean"] == pytest.approx(sum(gan) / 2) and row["std"] == pytest.approx(abs(gan[0] - gan[1]) / 2**0.5)
+    assert run_study(outcome.spec, StudyOptions(device="cpu", progress=False)).ran == 0  # all done: nothing again
+
+
+def test_two_processes_share_one_grid_without_losing_or_repeating_a_point(store, feature_net_cache):
+    """Two `gansweep study` processes at once on the default stores: every point done exactly once."""
+    import os
+    import subprocess
+    import sys
+
+    from gansweep.classifier import get_classifier
+    from gansweep.config import DataConfig
+    from gansweep.data import load_dataset
+
+    get_classifier(load_dataset(DataConfig(dataset="mnist-5k")), log=False)  # trained once, not by both
+    (store / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra="").replace(
+        "lr = [1e-4, 3e-4, 1e-3]", "lr = [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]").replace("epochs = 2", "epochs = 1"))
+    command = [sys.executable, "-m", "gansweep", "study", "tiny", "--device", "cpu"]
+    env = {**os.environ, "GANSWEEP_CACHE": str(feature_net_cache)}
+    processes = [subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    ran = [int(re.search(r"(\d+) trial\(s\) run now", out).group(1)) for out in outputs]
+    assert sum(ran) == 5 and min(ran) >= 1  # both worked on the grid, and no point ran twice
+    done = [t for t in trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lr"] for t in done) == [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]
+    children = [r for r in MlflowClient(tracking_uri(None)).search_runs(
+        [MlflowClient(tracking_uri(None)).get_experiment_by_name("tiny").experiment_id])
+        if r.data.tags.get("gansweep.role") == "trial" and r.data.tags.get("gansweep.status") == "finished"]
+    assert sorted(r.data.params["lr"] for r in children) == sorted(str(t.params["lr"]) for t in done)
+    parents = [r for r in MlflowClient(tracking_uri(None)).search_runs(
+        [MlflowClient(tracking_uri(None)).get_experiment_by_name("tiny").experiment_id])
+        if r.data.tags.get("gansweep.role") == "parent"]
+    assert len(parents) == 1  # both processes continued one study under one parent run
