@@ -155,7 +155,9 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
 @_TRACKING
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5000, show_default=True)
-def ui(tracking_uri: str | None, host: str, port: int) -> None:
+@click.option("--workers", type=int, default=1, show_default=True, help="Server processes; one is plenty for one "
+                                                                         "person and starts fastest.")
+def ui(tracking_uri: str | None, host: str, port: int, workers: int) -> None:
     """Start the MLflow UI on the store that studies and runs write to."""
     import subprocess
     import sys
@@ -169,11 +171,21 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     for experiment in client_for(uri).search_experiments():
         click.echo(f"{experiment.name}: {experiment_url(host, port, experiment.experiment_id)}")
     click.echo(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops it)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+               "--workers", str(workers)]
     try:
         raise SystemExit(subprocess.call(command))
     except KeyboardInterrupt:
         raise SystemExit(0) from None
+
+
+_BEST = click.option("--best", is_flag=True, help="RUN_ID is a study name: use its best finished trial.")
+
+
+def _run_id(ref: str, best: bool, uri: str) -> str:
+    from gansweep.generate import best_run
+
+    return best_run(uri, ref) if best else ref
 
 
 @main.command()
@@ -184,16 +196,57 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
 @click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write [default samples-RUNID.png]; an existing file is never overwritten.")
+@_BEST
 @_TRACKING
-def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: Path | None,
+def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: Path | None, best: bool,
            tracking_uri: str | None) -> None:
     """Draw a grid of images from the checkpoint of the tracked run RUN_ID."""
     from gansweep.generate import sample_run
     from gansweep.tracking import tracking_uri as resolve
 
-    path = sample_run(run_id, out or Path(f"samples-{run_id[:8]}.png"), resolve(tracking_uri), n=n, label=label,
-                      seed=seed, which=which)
+    uri = resolve(tracking_uri)
+    run_id = _run_id(run_id, best, uri)
+    path = sample_run(run_id, out or Path(f"samples-{run_id[:8]}.png"), uri, n=n, label=label, seed=seed,
+                      which=which)
     click.echo(str(path))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--steps", type=int, default=10, show_default=True, help="Images along each line.")
+@click.option("--pairs", type=int, default=8, show_default=True, help="Random pairs of latent points (rows).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG to write [default interpolation-RUNID.png]; an existing file is never overwritten.")
+@_BEST
+@_TRACKING
+def interpolate(run_id: str, steps: int, pairs: int, seed: int, which: str, out: Path | None, best: bool,
+                tracking_uri: str | None) -> None:
+    """Rows of latent interpolations from the checkpoint of RUN_ID (and between classes, if conditional)."""
+    from gansweep.generate import interpolate_run
+    from gansweep.tracking import tracking_uri as resolve
+
+    uri = resolve(tracking_uri)
+    run_id = _run_id(run_id, best, uri)
+    path = interpolate_run(run_id, out or Path(f"interpolation-{run_id[:8]}.png"), uri, steps=steps, pairs=pairs,
+                           seed=seed, which=which)
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("study")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="New or empty folder [default mlruns/reports/STUDY-TIME].")
+@_TRACKING
+def report(study: str, out: Path | None, tracking_uri: str | None) -> None:
+    """Write the report of STUDY (plots, contact sheet, report.html/.md) and log it to the study's parent run."""
+    from gansweep.report import write_report
+    from gansweep.tracking import tracking_uri as resolve
+
+    outcome = write_report(resolve(tracking_uri), study, out)
+    click.echo(f"{outcome.directory / 'report.html'}  ({len(outcome.files)} files; also under report/ in "
+               f"parent run {outcome.parent_run_id})")
 
 
 @main.command()
@@ -218,3 +271,34 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
     rows = [[name, f"{value:.4g}", "-" if name not in report.floor else f"{report.floor[name]:.4g}"]
             for name, value in report.scores.items()]
     click.echo(_table(["score", "value", "real-data floor"], rows))
+
+
+@main.command()
+@click.option("--study", default=None, help="The trials of this study (its latest parent run).")
+@click.option("--experiment", default=None, help="Every run of this MLflow experiment.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "md", "latex", "html", "json"]), default="md",
+              show_default=True)
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write [default: standard output]; an existing file is never overwritten.")
+@click.option("--group-by", default=None, help="Comma-separated columns to aggregate seeds over, e.g. variant,lr.")
+@click.option("--metrics", default=None, help="Comma-separated scores [default: fid_proxy, kid_proxy, is_proxy, "
+                                              "coverage, precision, recall, cond_accuracy].")
+@_TRACKING
+def export(study: str | None, experiment: str | None, fmt: str, out: Path | None, group_by: str | None,
+           metrics: str | None, tracking_uri: str | None) -> None:
+    """Write the comparison table of a study or experiment: one row per trial, or per group over seeds."""
+    from gansweep.atomic import atomic_path
+    from gansweep.export import DEFAULT_METRICS, export_table, render
+    from gansweep.tracking import tracking_uri as resolve
+
+    if out is not None and out.exists():
+        raise InputError(f"{out} exists; choose another path with -o (nothing is overwritten)")
+    names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
+    by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
+    text = render(export_table(resolve(tracking_uri), study, experiment, names, by), fmt)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    click.echo(str(out))

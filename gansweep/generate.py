@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from gansweep.checkpoint import load_checkpoint
 from gansweep.errors import ConfigError, GansweepError
 from gansweep.samples import grid_columns, save_grid
 
-__all__ = ["CHECKPOINTS", "sample_run", "EvaluationReport", "evaluate_run"]
+__all__ = ["CHECKPOINTS", "sample_run", "interpolate_run", "best_run", "EvaluationReport", "evaluate_run"]
 
 CHECKPOINTS = ("last", "best")  # artifacts checkpoints/last.pt and checkpoints/best.pt of a trial's run
 
@@ -37,6 +38,53 @@ def sample_run(run_id: str, out: Path, tracking_uri: str, n: int = 64, label: in
     with torch.no_grad():
         images = checkpoint.g(z, labels)
     return save_grid(images, out, grid_columns(n, n_classes if label is None else 0))
+
+
+def interpolate_run(run_id: str, out: Path, tracking_uri: str, steps: int = 10, pairs: int = 8, seed: int = 0,
+                    which: str = "last") -> Path:
+    """Rows of images along straight lines between random pairs of latent points, one row per pair. For a
+    conditional variant, each row keeps one class, and as many rows again keep the noise fixed and blend the
+    embedding of one class into another's."""
+    if out.exists():
+        raise GansweepError(f"{out} exists; choose another path with -o (nothing is overwritten)")
+    if steps < 2 or pairs < 1:
+        raise ConfigError(f"steps must be >= 2 and pairs >= 1, got {steps} and {pairs}")
+    checkpoint = load_checkpoint(_download(run_id, which, tracking_uri))
+    rng = torch.Generator().manual_seed(seed)
+    z_dim, n_classes = checkpoint.config.z_dim, checkpoint.n_classes
+    start, end = torch.randn(pairs, z_dim, generator=rng), torch.randn(pairs, z_dim, generator=rng)
+    t = torch.linspace(0, 1, steps)[None, :, None]
+    z = (start[:, None] * (1 - t) + end[:, None] * t).reshape(-1, z_dim)  # row-major: pair, then step
+    labels = None
+    if n_classes:
+        row_class = torch.randint(0, n_classes, (pairs,), generator=rng)
+        labels = row_class.repeat_interleave(steps)
+        a, b = row_class, (row_class + torch.randint(1, n_classes, (pairs,), generator=rng)) % n_classes
+        blend = F.one_hot(a, n_classes)[:, None] * (1 - t) + F.one_hot(b, n_classes)[:, None] * t
+        fixed = start.repeat_interleave(steps, dim=0)
+        with torch.no_grad():
+            images = torch.cat([checkpoint.g(z, labels), checkpoint.g(fixed, blend.reshape(-1, n_classes))])
+    else:
+        with torch.no_grad():
+            images = checkpoint.g(z, None)
+    return save_grid(images, out, steps)
+
+
+def best_run(tracking_uri: str, study: str) -> str:
+    """The run id of the study's best finished trial by its objective (latest parent run)."""
+    from gansweep.evaluation import SCORES
+    from gansweep.export import comparison_table, find_runs
+    from gansweep.tracking import client_for
+
+    client = client_for(tracking_uri)
+    runs, parent = find_runs(client, study=study)
+    metric = parent.data.params.get("objective", "minimize score/fid_proxy").split()[-1].removeprefix("score/")
+    table = comparison_table(client, runs, [metric])
+    if table.empty or metric not in table or table[metric].isna().all():
+        raise GansweepError(f"study {study!r} has no scored trial yet")
+    table = table[table["status"] == "finished"] if (table["status"] == "finished").any() else table
+    order = table[metric].sort_values(ascending=SCORES[metric].direction == "minimize", na_position="last")
+    return str(table.loc[order.index[0], "run_id"])
 
 
 def _download(run_id: str, which: str, tracking_uri: str) -> Path:

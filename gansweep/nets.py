@@ -48,9 +48,11 @@ class _WithLabels(nn.Module):
         self.embedding = nn.Embedding(n_classes, dim) if n_classes else None
 
     def forward(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """`labels` are class indices, or (N, n_classes) weights that blend the class embeddings (interpolation)."""
         if self.embedding is None:
             return x
-        return torch.cat([x, self.embedding(labels)], dim=1)
+        embedded = labels @ self.embedding.weight if labels.is_floating_point() else self.embedding(labels)
+        return torch.cat([x, embedded], dim=1)
 
 
 class _Maxout(nn.Module):

@@ -1,0 +1,250 @@
+"""Comparison: export tables, the study report, sampling and interpolation, all read back from a real store."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from gansweep.cli import main
+from gansweep.export import comparison_table, find_runs, group_table, render
+from gansweep.report import write_report
+from gansweep.study import StudyOptions, load_spec, run_study
+from gansweep.tracking import tracking_uri
+
+STUDY = """
+name = "small"
+description = "two learning rates of a tiny conditional MLP GAN, two seeds"
+variants = ["cgan"]
+epochs = 2
+batch_size = 200
+n_eval = 200
+seeds = [0, 1]
+
+[config]
+hidden = [32]
+z_dim = 8
+n_samples = 20
+log_every = 5
+
+[space]
+lr = [1e-4, 1e-3]
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory, mnist5k_classifier):
+    """A finished four-trial study in its own working directory, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("compare")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        (root / "studies").mkdir()
+        (root / "studies" / "small.toml").write_text(STUDY)
+        run_study(load_spec(root / "studies" / "small.toml"), StudyOptions(device="cpu", progress=False))
+        yield root
+
+
+@pytest.fixture
+def in_store(study_store, monkeypatch):
+    monkeypatch.chdir(study_store)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return study_store
+
+
+def test_export_round_trips_against_mlflow(in_store):
+    result = invoke("export", "--study", "small", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    client = MlflowClient(tracking_uri(None))
+    runs, parent = find_runs(client, study="small")
+    assert len(rows) == 4 and {r["run_id"] for r in rows} == {r.info.run_id for r in runs}
+    for row in rows:
+        run = client.get_run(row["run_id"])
+        history = sorted(client.get_metric_history(row["run_id"], "score/fid_proxy"), key=lambda m: m.step)
+        best = min(history, key=lambda m: m.value)
+        assert row["fid_proxy"] == history[-1].value
+        assert row["fid_proxy_best"] == best.value and row["fid_proxy_best_epoch"] == best.step
+        assert row["lr"] == float(run.data.params["lr"]) and row["seed"] == int(run.data.tags["gansweep.seed"])
+        assert row["trial"] == int(run.data.tags["gansweep.trial"]) and row["variant"] == "cgan"
+        assert row["status"] == "finished" and row["epochs"] == 2
+        assert row["cond_accuracy"] == run.data.metrics["score/cond_accuracy"]
+        assert row["wall_s"] == run.data.metrics["perf/wall_time_s"] and row["images_per_s"] > 0
+    assert sorted(r["trial"] for r in rows) == [r["trial"] for r in rows]
+
+
+def test_markdown_and_latex_are_ready_to_paste(in_store):
+    md = invoke("export", "--study", "small", "--format", "md", "--metrics", "fid_proxy").output
+    header, rule, *lines = md.strip().splitlines()
+    assert header.startswith("| run_id") and "fid_proxy_best_epoch" in header and len(lines) == 4
+    assert set(rule.replace("|", "").replace(" ", "")) <= {"-", ":"}
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    fid = cells[[h.strip() for h in header.strip("|").split("|")].index("fid_proxy")]
+    assert len(fid.replace(".", "").replace("-", "").lstrip("0")) <= 4  # four significant digits
+    latex = invoke("export", "--study", "small", "--format", "latex", "--metrics", "fid_proxy").output
+    assert "\\toprule" in latex and "fid\\_proxy\\_best" in latex and latex.count("\\\\") == 5
+
+
+def test_grouped_export_on_a_hand_made_store(tmp_path):
+    """Four runs made by hand: variant a at lr 0.1 with fid 1 and 3, at lr 0.2 with 5; variant b with 10."""
+    uri = f"sqlite:///{tmp_path}/hand.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("hand")
+    for seed, (variant, lr, fid) in enumerate([("a", 0.1, 1.0), ("a", 0.1, 3.0), ("a", 0.2, 5.0), ("b", 0.1, 10.0)]):
+        run = client.create_run(experiment)
+        client.log_batch(run.info.run_id, metrics=[Metric("score/fid_proxy", fid + 7, 0, 1),
+                                                   Metric("score/fid_proxy", fid, 0, 2)],
+                         params=[Param("swept.lr", str(lr))],
+                         tags=[RunTag("gansweep.variant", variant), RunTag("gansweep.seed", str(seed))])
+    table = comparison_table(client, find_runs(client, experiment="hand")[0], ["fid_proxy"])
+    grouped = group_table(table, ["variant", "lr"], ["fid_proxy"])
+    expected = pd.DataFrame({"variant": ["a", "a", "b"], "lr": [0.1, 0.2, 0.1], "n": [2, 1, 1],
+                             "fid_proxy_mean": [2.0, 5.0, 10.0], "fid_proxy_std": [math.sqrt(2), math.nan, math.nan]})
+    pd.testing.assert_frame_equal(grouped, expected)
+    result = invoke("export", "--experiment", "hand", "--group-by", "variant,lr", "--metrics", "fid_proxy",
+                    "--format", "csv", "--tracking-uri", uri)
+    assert result.output.splitlines()[0] == "variant,lr,n,fid_proxy_mean,fid_proxy_std"
+    assert result.output.splitlines()[1].startswith("a,0.1,2,2.0,1.414")
+
+
+def test_export_refuses_bad_input_in_one_line(in_store):
+    for args, message in [(["--study", "nope"], "no study 'nope'"), ([], "exactly one of"),
+                          (["--study", "small", "--group-by", "colour"], "cannot group by colour"),
+                          (["--study", "small", "--metrics", "fid"], "unknown score 'fid'")]:
+        result = invoke("export", *args)
+        assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_report_writes_the_page_and_logs_it_to_the_parent(in_store, tmp_path):
+    out = tmp_path / "report"
+    outcome = write_report(tracking_uri(None), "small", out)
+    page = (out / "report.html").read_text()
+    for name in ("sensitivity.png", "scores.png", "losses.png", "contact_sheet.png", "best.gif"):
+        assert f'src="{name}"' in page
+        assert (out / name).stat().st_size > 0
+    assert Image.open(out / "sensitivity.png").size == (700, 420)
+    assert Image.open(out / "best.gif").n_frames == 2
+    for src in __import__("re").findall(r'src="([^"]+)"', page):  # every picture the page shows is there
+        Image.open(out / src).verify()
+    grids = json.loads(page.split("const grids = ")[1].split(";\n")[0])
+    assert len(grids) == 4 and all(len(frames) == 2 for frames in grids.values())
+    assert "| run_id" in (out / "report.md").read_text()
+    client = MlflowClient(tracking_uri(None))
+    logged = {a.path for a in client.list_artifacts(outcome.parent_run_id, "report")}
+    assert {"report/report.html", "report/report.md", "report/sensitivity.png"} <= logged
+    again = invoke("report", "small", "-o", out)
+    assert again.exit_code == 2 and "not empty" in again.output
+
+
+def test_sample_and_interpolate_from_the_best_trial(in_store, tmp_path):
+    client = MlflowClient(tracking_uri(None))
+    table = comparison_table(client, find_runs(client, study="small")[0], ["fid_proxy"])
+    best = table.sort_values("fid_proxy").iloc[0]["run_id"]
+    sampled = invoke("sample", "small", "--best", "--n", "20", "-o", tmp_path / "s.png")
+    assert sampled.exit_code == 0, sampled.output
+    assert Image.open(tmp_path / "s.png").size == (10 * 30 + 2, 2 * 30 + 2)  # one column per class
+    path = tmp_path / "i.png"
+    result = invoke("interpolate", best, "--steps", "5", "--pairs", "3", "-o", path)
+    assert result.exit_code == 0, result.output
+    assert Image.open(path).size == (5 * 30 + 2, 6 * 30 + 2)  # conditional: 3 noise rows and 3 class rows
+    assert invoke("interpolate", best, "-o", path).exit_code == 2  # never overwritten
+
+
+def test_render_html_has_no_index(in_store):
+    client = MlflowClient(tracking_uri(None))
+    table = comparison_table(client, find_runs(client, study="small")[0], ["fid_proxy"])
+    page = render(table, "html")
+    assert page.count("</tr>") == 5 and "<th>run_id</th>" in page and "<th></th>" not in page
+
+
+def _browser():
+    """Headless Chromium through Selenium, or the reason it cannot run here."""
+    import shutil
+
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        return None, "selenium is not installed (pip install -e '.[test]')"
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        return None, "no chromium/chromedriver on PATH (Debian: apt-get install chromium chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1200"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options), ""
+
+
+def _wait_for(predicate, timeout=90.0, every=0.5):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"gave up after {timeout} s")
+
+
+def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store):
+    """`gansweep ui` on the study's store, driven by headless Chromium: the parent run and its children are
+    listed, a child run shows its loss metrics and its sample-grid artifact."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+
+    browser, reason = _browser()
+    if browser is None:
+        pytest.skip(reason)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "gansweep", "ui", "--port", str(port)], cwd=in_store,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def up():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        _wait_for(up, timeout=120)
+        client = MlflowClient(tracking_uri(None))
+        runs, parent = find_runs(client, study="small")
+        experiment = parent.info.experiment_id
+        browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
+
+        def parent_link():
+            return [a for a in browser.find_elements(By.XPATH, "//a[normalize-space()='small']")
+                    if "/runs/" in (a.get_attribute("href") or "")]
+
+        link = _wait_for(parent_link)[0]
+        link.find_elements(By.XPATH, "./preceding::*[self::button or @role='button'][1]")[0].click()  # expand
+        names = [r.info.run_name for r in runs]
+        _wait_for(lambda: all(name in browser.find_element(By.TAG_NAME, "body").text for name in names))
+
+        child = runs[0].info.run_id
+        browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{child}")
+        _wait_for(lambda: "loss/d" in browser.find_element(By.TAG_NAME, "body").text)
+        browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{child}/artifacts")
+        folder = _wait_for(lambda: browser.find_elements(By.XPATH, "//*[normalize-space()='samples']"))
+        folder[0].click()
+        _wait_for(lambda: "epoch_001.png" in browser.find_element(By.TAG_NAME, "body").text)
+    finally:
+        browser.quit()
+        server.terminate()
+        server.wait(timeout=30)
