@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gansweep-installed
 
-.PHONY: setup demo test
+.PHONY: setup demo test bench
 
 setup: $(STAMP)
 
@@ -20,3 +20,7 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Speed, measured side by side with a baseline; never asserted in the tests.
+bench: setup
+	$(BIN)/python benchmarks/bench_scores.py

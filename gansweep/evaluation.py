@@ -21,7 +21,7 @@ from gansweep.metrics import (class_coverage, classifier_score, conditional_accu
 from gansweep.trainer import Hook, TrainState
 
 __all__ = ["Score", "SCORES", "N_EVAL", "eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED",
-           "MODE_COLLAPSE_COVERAGE", "generate", "eval_inputs", "PARZEN_SIGMAS"]
+           "MODE_COLLAPSE_COVERAGE", "collapsed", "generate", "eval_inputs", "PARZEN_SIGMAS"]
 
 
 @dataclass(frozen=True)
@@ -102,12 +102,19 @@ def eval_inputs(n: int, z_dim: int, n_classes: int, conditional: bool, device: t
     return z, (torch.arange(n, device=device) % n_classes) if conditional else None
 
 
+def collapsed(peak: float, coverage: float) -> bool:
+    """Mode collapse: coverage has fallen below MODE_COLLAPSE_COVERAGE after reaching it. Every GAN starts out
+    drawing blobs that the classifier puts in one or two classes; that is not a collapse yet."""
+    return peak >= MODE_COLLAPSE_COVERAGE > coverage
+
+
 class ScoreHook(Hook):
     """Puts `score/NAME` into `state.scores` after every epoch, `floor/NAME` once at the start, and notes the
-    first epoch whose coverage falls below MODE_COLLAPSE_COVERAGE as `mode_collapse`."""
+    first epoch whose coverage falls below MODE_COLLAPSE_COVERAGE (after reaching it) as `mode_collapse`."""
 
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
+        self.peak = 0.0  # the best coverage so far
 
     def on_start(self, state: TrainState) -> None:
         self.z, self.labels = eval_inputs(self.evaluator.n, state.config.z_dim, state.data.n_classes,
@@ -126,8 +133,9 @@ class ScoreHook(Hook):
         for name, value in self.evaluator.score(fake, self.labels).items():
             state.scores[f"score/{name}"] = value
         coverage = state.scores["score/coverage"]
-        if coverage < MODE_COLLAPSE_COVERAGE and "mode_collapse" not in state.notes:
+        if collapsed(self.peak, coverage) and "mode_collapse" not in state.notes:
             state.notes["mode_collapse"] = f"epoch {state.epoch}: coverage {coverage:.2f}"
+        self.peak = max(self.peak, coverage)
 
 
 PARZEN_SIGMAS = tuple(float(s) for s in torch.logspace(-1, 0, 10))  # bandwidths tried, pixels in [0, 1]

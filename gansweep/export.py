@@ -136,7 +136,8 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if "run_id" in shown:
         shown["run_id"] = shown["run_id"].str[:8]
     if fmt == "md":
-        return shown.to_markdown(index=False, disable_numparse=True) + "\n"
+        align = ["right" if pd.api.types.is_numeric_dtype(table[c]) else "left" for c in table.columns]
+        return shown.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
     if fmt == "latex":
         styler = shown.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
         return styler.to_latex(hrules=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import numbers
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = ["ReportOutcome", "write_report", "REPORT_ROOT"]
 
 REPORT_ROOT = Path("mlruns") / "reports"
 _LOG_AXES = ("lr", "lr_g", "lr_d")  # swept names drawn on a log axis
+_MAX_GRID_VALUES = 12  # more distinct values than this on the swept axis: drawn as points
 _FAILED = ("diverged", "mode collapse", "pruned", "failed", "interrupted")
 _STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
           "axes.spines.right": False, "font.size": 9}
@@ -73,8 +75,12 @@ def _sensitivity(table: pd.DataFrame, axis: str | None, metric: str, colors: dic
         ax.boxplot([g.values if len(g) else [math.nan] for _, g in groups], tick_labels=[v for v, _ in groups])
         ax.set_xlabel("variant")
     else:
+        sampled = table[axis].nunique() > _MAX_GRID_VALUES  # a random or TPE search: points, not a curve
         for variant, color in colors.items():
             rows = table[table["variant"] == variant]
+            if sampled:
+                ax.scatter(rows[axis], rows[metric], color=color, label=variant, s=18)
+                continue
             stats = rows.groupby(axis)[metric].agg(["mean", "std", "count"]).reset_index().sort_values(axis)
             ax.plot(stats[axis], stats["mean"], marker="o", color=color, label=variant)
             band = stats["std"].fillna(0)
@@ -86,6 +92,9 @@ def _sensitivity(table: pd.DataFrame, axis: str | None, metric: str, colors: dic
             ax.set_xscale("log")
         ax.set_xlabel(axis)
         ax.legend(title="variant (x: diverged/collapsed/pruned)", fontsize=8)
+    values = table[metric].dropna()
+    if len(values) and (values > 0).all() and values.max() > 30 * values.min():
+        ax.set_yscale("log")  # distances spanning orders of magnitude
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} after training, mean and seed spread")
     fig.savefig(path)
@@ -112,7 +121,7 @@ def _curves(histories: dict[str, dict[str, list[tuple[int, float]]]], table: pd.
 
 
 def _label(row: pd.Series, axis: str | None, metric: str) -> str:
-    swept = f"{axis}={row[axis]:g}" if axis and isinstance(row[axis], (int, float)) else ""
+    swept = f"{axis}={row[axis]:g}" if axis and isinstance(row[axis], numbers.Number) else ""
     score = f"{metric} {row[metric]:.3g}" if isinstance(row.get(metric), float) and math.isfinite(row[metric]) \
         else row["status"]
     return f"#{row['trial']} {row['variant']} {swept} s{row['seed']}\n{score}"
@@ -193,7 +202,8 @@ def write_report(tracking_uri: str, study: str, out: Path | None = None, log_to_
         raise GansweepError(f"study {study!r} has no trials yet")
     directory = _new_directory(out, study)
     metric = parent.data.params.get("objective", "minimize score/fid_proxy").split()[-1].removeprefix("score/")
-    axis = next((name for name in table.attrs["swept"] if table[name].nunique(dropna=True) > 1), None)
+    varied = [name for name in table.attrs["swept"] if table[name].nunique(dropna=True) > 1]
+    axis = next((name for name in varied if name in _LOG_AXES), varied[0] if varied else None)
     colors = _colors(sorted(table["variant"].dropna().unique()))
 
     histories: dict[str, dict[str, list[tuple[int, float]]]] = {}

@@ -584,18 +584,20 @@ class _SaturationStop(Hook):
 
 
 class _CollapseStop(Hook):
-    """Ends a trial whose class coverage stays below MODE_COLLAPSE_COVERAGE for `window` evaluations in a row."""
+    """Ends a trial whose class coverage, once it reached MODE_COLLAPSE_COVERAGE, stays below it for `window`
+    evaluations in a row."""
 
     def __init__(self, window: int):
-        self.window, self.run = window, 0
+        self.window, self.run, self.peak = window, 0, 0.0
 
     def on_epoch_end(self, state: TrainState) -> None:
-        from gansweep.evaluation import MODE_COLLAPSE_COVERAGE
+        from gansweep.evaluation import MODE_COLLAPSE_COVERAGE, collapsed
 
         coverage = state.scores.get("score/coverage")
         if coverage is None:
             return
-        self.run = self.run + 1 if coverage < MODE_COLLAPSE_COVERAGE else 0
+        self.run = self.run + 1 if collapsed(self.peak, coverage) else 0
+        self.peak = max(self.peak, coverage)
         if self.run >= self.window:
             raise StopTraining("collapsed", f"mode collapse: coverage {coverage:.2f} < {MODE_COLLAPSE_COVERAGE} "
                                             f"for {self.window} evaluations, up to epoch {state.epoch}")

@@ -183,7 +183,7 @@ def test_parzen_prefers_real_samples_to_noise(mnist5k):
     assert 0 < real["parzen_ll_stderr"] < abs(real["parzen_ll"])
 
 
-def test_score_hook_scores_every_epoch_and_notes_collapse(tiny_data, monkeypatch):
+def test_score_hook_scores_every_epoch(tiny_data):
     classifier = train_classifier(tiny_data, epochs=1)
     seen = []
 
@@ -192,11 +192,28 @@ def test_score_hook_scores_every_epoch_and_notes_collapse(tiny_data, monkeypatch
             super().on_epoch_end(state)
             seen.append(dict(state.scores))
 
-    monkeypatch.setattr(evaluation, "MODE_COLLAPSE_COVERAGE", 1.01)  # any coverage counts as collapse
     hook = Seen(Evaluator(classifier, tiny_data, n=64))
     variant = get_variant("cgan")
     result = train(variant, variant.config(**{**TINY, "epochs": 2}), tiny_data, [hook])
     assert len(seen) == 2 and all(s["score/fid_proxy"] > 0 for s in seen)
     assert "score/cond_accuracy" in seen[0] and "floor/cond_accuracy" in seen[0]
     assert result.scores["score/fid_proxy"] == seen[-1]["score/fid_proxy"]
-    assert result.notes == {"mode_collapse": f"epoch 1: coverage {seen[0]['score/coverage']:.2f}"}  # the first
+
+
+def test_mode_collapse_is_a_fall_in_coverage_after_reaching_the_threshold(tiny_data):
+    """Coverage 0.1 (early blobs: not a collapse), 0.9, then 0.3 (collapse at epoch 3), 0.2 (already noted)."""
+    class Scripted(Evaluator):  # the real evaluator, with the coverage of each epoch set by the test
+        script = None  # None while the floor is computed
+
+        def score(self, images, labels=None):
+            scores = super().score(images, labels)
+            return scores if self.script is None else {**scores, "coverage": next(self.script)}
+
+    evaluator = Scripted(train_classifier(tiny_data, epochs=1), tiny_data, n=64)
+    evaluator.script = iter([0.1, 0.9, 0.3, 0.2])
+    hook = ScoreHook(evaluator)
+    variant = get_variant("gan")
+    result = train(variant, variant.config(**{**TINY, "epochs": 4}), tiny_data, [hook])
+    assert result.notes == {"mode_collapse": "epoch 3: coverage 0.30"}
+    assert [evaluation.collapsed(p, c) for p, c in [(0.0, 0.1), (0.4, 0.3), (0.5, 0.49), (0.9, 0.5)]] == [
+        False, False, True, False]

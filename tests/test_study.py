@@ -165,7 +165,8 @@ def test_space_values_are_range_checked(tmp_path):
 
 def test_shipped_studies_load_and_are_listed():
     result = invoke("list", "studies")
-    for name in ("lr-sensitivity", "dropout", "label-smoothing", "critic-iterations", "variant-shootout", "tune"):
+    for name in ("lr-sensitivity", "dropout", "label-smoothing", "critic-iterations", "variant-shootout", "tune",
+                 "fair-comparison"):
         assert name in result.output
     spec = load_spec(__import__("gansweep.study", fromlist=["find_spec"]).find_spec("lr-sensitivity"))
     assert spec.sampler == "grid" and spec.pruner == "none"
@@ -190,15 +191,24 @@ def test_bad_study_overrides_are_exit_code_2(store, args, message):
 
 
 def test_a_collapsed_trial_is_stopped_and_recorded(store, monkeypatch):
-    """With collapse_window = 1, the first evaluation under the coverage threshold ends the trial."""
-    monkeypatch.setattr("gansweep.evaluation.MODE_COLLAPSE_COVERAGE", 1.01)  # any coverage counts as collapse
+    """With collapse_window = 1, the first evaluation back under the coverage threshold ends the trial. The
+    evaluator is the real one; only its coverage is scripted: 1.0 for the real-data floor (computed first), then
+    0.9 at epoch 1 and 0.2 at epoch 2."""
+    from gansweep.evaluation import Evaluator
+
+    real_score, script = Evaluator.score, iter([1.0, 0.9, 0.2])
+
+    def scripted(self, images, labels=None):
+        return {**real_score(self, images, labels), "coverage": next(script)}
+
+    monkeypatch.setattr(Evaluator, "score", scripted)
     (store / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra="collapse_window = 1"))
     spec = load_spec(store / "studies" / "tiny.toml")
     run_study(spec, StudyOptions(trials=1, device="cpu", progress=False))
     (trial,) = trials()
     assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "collapsed"
-    assert trial.user_attrs["epochs"] == 1 and "mode collapse" in trial.user_attrs["reason"]
-    assert trial.user_attrs["mode_collapse"].startswith("epoch 1:")
+    assert trial.user_attrs["epochs"] == 2 and "mode collapse" in trial.user_attrs["reason"]
+    assert trial.user_attrs["mode_collapse"] == "epoch 2: coverage 0.20"
     run = MlflowClient(tracking_uri(None)).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["gansweep.status"] == "collapsed"
     assert run.data.tags["gansweep.mode_collapse"] == trial.user_attrs["mode_collapse"]
