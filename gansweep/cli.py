@@ -180,6 +180,8 @@ def ui(tracking_uri: str | None, host: str, port: int, workers: int) -> None:
 
 
 _BEST = click.option("--best", is_flag=True, help="RUN_ID is a study name: use its best finished trial.")
+_CHECKPOINT = click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last",
+                           show_default=True, help="The run's last checkpoint, or its best by the objective.")
 
 
 def _run_id(ref: str, best: bool, uri: str) -> str:
@@ -193,7 +195,7 @@ def _run_id(ref: str, best: bool, uri: str) -> str:
 @click.option("--n", type=int, default=64, show_default=True, help="Images in the grid.")
 @click.option("--label", type=int, default=None, help="Class to draw, for conditional variants.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True)
+@_CHECKPOINT
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write [default samples-RUNID.png]; an existing file is never overwritten.")
 @_BEST
@@ -216,7 +218,7 @@ def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: P
 @click.option("--steps", type=int, default=10, show_default=True, help="Images along each line.")
 @click.option("--pairs", type=int, default=8, show_default=True, help="Random pairs of latent points (rows).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True)
+@_CHECKPOINT
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write [default interpolation-RUNID.png]; an existing file is never overwritten.")
 @_BEST
@@ -252,19 +254,21 @@ def report(study: str, out: Path | None, tracking_uri: str | None) -> None:
 @main.command()
 @click.argument("run_id")
 @click.option("--n", "n_eval", type=int, default=None, help="Images to score [2,000 on the CPU, 10,000 on CUDA].")
-@click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last", show_default=True)
+@_CHECKPOINT
 @click.option("--parzen", is_flag=True, help="Also the Parzen-window log-likelihood of the test split.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data-root", default=None, help="Where torchvision datasets live.")
 @click.option("--log", "log_to_run", is_flag=True, help="Also record the scores in the run, as eval/NAME.")
+@_BEST
 @_TRACKING
 def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: str, data_root: str | None,
-             log_to_run: bool, tracking_uri: str | None) -> None:
+             log_to_run: bool, best: bool, tracking_uri: str | None) -> None:
     """Score the checkpoint of the tracked run RUN_ID again, beside the real-data floor of each score."""
     from gansweep.generate import evaluate_run
     from gansweep.tracking import tracking_uri as resolve
 
-    report = evaluate_run(run_id, resolve(tracking_uri), which=which, n_eval=n_eval, parzen=parzen,
+    uri = resolve(tracking_uri)
+    report = evaluate_run(_run_id(run_id, best, uri), uri, which=which, n_eval=n_eval, parzen=parzen,
                           device=device, data_root=data_root, log_to_run=log_to_run)
     click.echo(f"{report.variant} epoch {report.epoch} on {report.dataset}, n={report.n}, "
                f"feature net {report.feature_net} ({report.accuracy:.1%} held-out)")

@@ -248,3 +248,17 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store):
         browser.quit()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_evaluate_recomputes_the_scores_the_run_logged(in_store):
+    """Same checkpoint, same evaluation noise, same N and feature network: the same numbers as during training."""
+    client = MlflowClient(tracking_uri(None))
+    run = client.get_run(find_runs(client, study="small")[0][0].info.run_id)
+    result = invoke("evaluate", run.info.run_id, "--n", "200", "--device", "cpu", "--parzen", "--log")
+    assert result.exit_code == 0, result.output
+    logged = client.get_run(run.info.run_id).data.metrics
+    for name in ("fid_proxy", "kid_proxy", "is_proxy", "coverage", "precision", "recall", "cond_accuracy"):
+        assert logged[f"eval/{name}"] == pytest.approx(run.data.metrics[f"score/{name}"], rel=1e-9, abs=1e-12)
+        assert f"{name} " in result.output
+    assert math.isfinite(logged["eval/parzen_ll"]) and logged["eval/parzen_ll_stderr"] > 0
+    assert f"{run.data.metrics['floor/fid_proxy']:.4g}" in result.output  # the floor beside the score
