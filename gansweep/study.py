@@ -256,6 +256,7 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
             study_name = spec.name if not options.fresh else f"{spec.name}@{time.strftime('%Y%m%d-%H%M%S')}"
             parent_id = _new_parent(client, experiment, spec, study_name)
         else:
+            _check_same_objective(parent, spec)
             study_name, parent_id = parent.data.tags["gansweep.optuna_study"], parent.info.run_id
             client.update_run(parent_id, status="RUNNING")
     storage = optuna_storage(options.storage)
@@ -284,6 +285,18 @@ def _latest_parent(client: Any, experiment: str, name: str) -> Any:
     return runs[0] if runs else None
 
 
+def _objective_text(spec: StudySpec) -> str:
+    return f"{spec.objective.direction} {spec.objective.key}"
+
+
+def _check_same_objective(parent: Any, spec: StudySpec) -> None:
+    """Continuing a study under another objective would rank new trials against values of a different score."""
+    before = parent.data.params.get("objective")
+    if before is not None and before != _objective_text(spec):
+        raise ConfigError(f"study {spec.name!r} in this store was run to {before}, the file now says "
+                          f"{_objective_text(spec)}; start a new study beside it with --fresh")
+
+
 def _new_parent(client: Any, experiment: str, spec: StudySpec, study_name: str) -> str:
     from mlflow.entities import Param
 
@@ -292,7 +305,7 @@ def _new_parent(client: Any, experiment: str, spec: StudySpec, study_name: str) 
         "mlflow.note.content": spec.description})
     params = {"study": spec.name, "description": spec.description, "dataset": spec.dataset,
               "variants": ",".join(spec.variants), "budget_unit": spec.budget_unit, "epochs": spec.epochs,
-              "objective": f"{spec.objective.direction} {spec.objective.key}", "sampler": spec.sampler,
+              "objective": _objective_text(spec), "sampler": spec.sampler,
               "pruner": spec.pruner, "seeds": ",".join(map(str, spec.seeds)), "space": dict(spec.space),
               "config": dict(spec.config), "study_file": spec.path}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])

@@ -276,3 +276,15 @@ def test_two_processes_share_one_grid_without_losing_or_repeating_a_point(store,
         [MlflowClient(tracking_uri(None)).get_experiment_by_name("tiny").experiment_id])
         if r.data.tags.get("gansweep.role") == "parent"]
     assert len(parents) == 1  # both processes continued one study under one parent run
+
+
+def test_a_study_is_not_continued_under_another_objective(store):
+    spec = load_spec(store / "studies" / "tiny.toml")
+    run_study(spec, StudyOptions(trials=1, device="cpu", progress=False))
+    (store / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra="").replace(
+        'metric = "fid_proxy", direction = "minimize"', 'metric = "recall", direction = "maximize"'))
+    result = invoke("study", "tiny", "--device", "cpu")
+    assert result.exit_code == 2 and "was run to minimize score/fid_proxy" in result.output and "--fresh" in result.output
+    assert len(trials()) == 1  # nothing ran, nothing changed
+    fresh = invoke("study", "tiny", "--device", "cpu", "--trials", "1", "--fresh")
+    assert fresh.exit_code == 0, fresh.output
