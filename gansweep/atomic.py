@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+from gansweep.errors import GansweepError
+
+__all__ = ["atomic_path", "refuse_existing"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -30,3 +32,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def refuse_existing(path: Path) -> None:
+    """Outputs a user names with -o are new files: nothing a user stored is overwritten."""
+    if path.exists():
+        raise GansweepError(f"{path} exists; choose another path with -o (nothing is overwritten)")

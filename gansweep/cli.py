@@ -184,6 +184,22 @@ _CHECKPOINT = click.option("--checkpoint", "which", type=click.Choice(["last", "
                            show_default=True, help="The run's last checkpoint, or its best by the objective.")
 
 
+def _picture_options(default_name: str) -> Any:
+    """The options of a command that draws one PNG from a run's checkpoint: seed, checkpoint, output, --best."""
+    options = [click.option("--seed", type=int, default=0, show_default=True), _CHECKPOINT,
+               click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                            help=f"PNG to write [default {default_name}-RUNID.png]; an existing file is never "
+                                 f"overwritten."),
+               _BEST, _TRACKING]
+
+    def apply(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def _run_id(ref: str, best: bool, uri: str) -> str:
     from gansweep.generate import best_run
 
@@ -194,12 +210,7 @@ def _run_id(ref: str, best: bool, uri: str) -> str:
 @click.argument("run_id")
 @click.option("--n", type=int, default=64, show_default=True, help="Images in the grid.")
 @click.option("--label", type=int, default=None, help="Class to draw, for conditional variants.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@_CHECKPOINT
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG to write [default samples-RUNID.png]; an existing file is never overwritten.")
-@_BEST
-@_TRACKING
+@_picture_options("samples")
 def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: Path | None, best: bool,
            tracking_uri: str | None) -> None:
     """Draw a grid of images from the checkpoint of the tracked run RUN_ID."""
@@ -217,12 +228,7 @@ def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: P
 @click.argument("run_id")
 @click.option("--steps", type=int, default=10, show_default=True, help="Images along each line.")
 @click.option("--pairs", type=int, default=8, show_default=True, help="Random pairs of latent points (rows).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@_CHECKPOINT
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG to write [default interpolation-RUNID.png]; an existing file is never overwritten.")
-@_BEST
-@_TRACKING
+@_picture_options("interpolation")
 def interpolate(run_id: str, steps: int, pairs: int, seed: int, which: str, out: Path | None, best: bool,
                 tracking_uri: str | None) -> None:
     """Rows of latent interpolations from the checkpoint of RUN_ID (and between classes, if conditional)."""
@@ -291,12 +297,12 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
 def export(study: str | None, experiment: str | None, fmt: str, out: Path | None, group_by: str | None,
            metrics: str | None, tracking_uri: str | None) -> None:
     """Write the comparison table of a study or experiment: one row per trial, or per group over seeds."""
-    from gansweep.atomic import atomic_path
+    from gansweep.atomic import atomic_path, refuse_existing
     from gansweep.export import DEFAULT_METRICS, export_table, render
     from gansweep.tracking import tracking_uri as resolve
 
-    if out is not None and out.exists():
-        raise InputError(f"{out} exists; choose another path with -o (nothing is overwritten)")
+    if out is not None:
+        refuse_existing(out)
     names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
     by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
     text = render(export_table(resolve(tracking_uri), study, experiment, names, by), fmt)

@@ -11,17 +11,18 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from gansweep.classifier import Classifier
 from gansweep.data import Dataset
 from gansweep.errors import ConfigError
+from gansweep.nets import generate
 from gansweep.metrics import (class_coverage, classifier_score, conditional_accuracy, frechet_distance,
                               gaussian_stats, kid, parzen_log_likelihood, precision_recall)
 from gansweep.trainer import Hook, TrainState
 
 __all__ = ["Score", "SCORES", "N_EVAL", "eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED",
-           "MODE_COLLAPSE_COVERAGE", "collapsed", "generate", "eval_inputs", "PARZEN_SIGMAS"]
+           "MODE_COLLAPSE_COVERAGE", "collapsed", "eval_inputs", "PARZEN_SIGMAS"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,6 @@ N_EVAL = {"cpu": 2000, "cuda": 10000}  # images per evaluation, bounded by the h
 EVAL_NOISE_SEED = 4321  # the same evaluation noise every epoch, so a score's change is G's change
 KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0
 MODE_COLLAPSE_COVERAGE = 0.5  # below this coverage a run is tagged mode_collapse (5 of 10 classes missing)
-_CHUNK = 1000  # images generated per forward pass
 
 
 def eval_size(requested: int | None, data: Dataset) -> int:
@@ -88,13 +88,6 @@ class Evaluator:
         return scores
 
 
-@torch.no_grad()
-def generate(g: nn.Module, z: Tensor, labels: Tensor | None) -> Tensor:
-    """G's images for z in chunks (G in inference mode), so memory stays bounded at any n."""
-    return torch.cat([g(z[i:i + _CHUNK], None if labels is None else labels[i:i + _CHUNK])
-                      for i in range(0, len(z), _CHUNK)])
-
-
 def eval_inputs(n: int, z_dim: int, n_classes: int, conditional: bool, device: torch.device,
                 seed: int = EVAL_NOISE_SEED) -> tuple[Tensor, Tensor | None]:
     """Evaluation noise, and labels cycling through the classes for a conditional G."""
@@ -124,12 +117,7 @@ class ScoreHook(Hook):
                 state.scores[f"floor/{name}"] = value
 
     def on_epoch_end(self, state: TrainState) -> None:
-        was_training = state.g.training
-        state.g.eval()
-        try:
-            fake = generate(state.g, self.z, self.labels)
-        finally:
-            state.g.train(was_training)
+        fake = generate(state.g, self.z, self.labels)
         for name, value in self.evaluator.score(fake, self.labels).items():
             state.scores[f"score/{name}"] = value
         coverage = state.scores["score/coverage"]

@@ -16,8 +16,8 @@ import pandas as pd
 from gansweep.errors import ConfigError, GansweepError
 from gansweep.evaluation import SCORES
 
-__all__ = ["FORMATS", "DEFAULT_METRICS", "STATUS_LABELS", "find_runs", "comparison_table", "group_table",
-           "render", "export_table"]
+__all__ = ["FORMATS", "DEFAULT_METRICS", "STATUS_LABELS", "find_runs", "study_objective", "best_row",
+           "comparison_table", "group_table", "render", "export_table"]
 
 FORMATS = ("csv", "md", "latex", "html", "json")
 DEFAULT_METRICS = ("fid_proxy", "kid_proxy", "is_proxy", "coverage", "precision", "recall", "cond_accuracy")
@@ -48,6 +48,18 @@ def find_runs(client: Any, study: str | None = None, experiment: str | None = No
         raise GansweepError(f"no experiment {experiment!r} in {client.tracking_uri} (known: {known})")
     runs = client.search_runs([found.experiment_id], max_results=50000)
     return [r for r in runs if r.data.tags.get("gansweep.role") != "parent"], None
+
+
+def study_objective(parent: Any) -> tuple[str, str]:
+    """(score name, direction) that a study's trials were ranked by, as its parent run records them."""
+    direction, key = parent.data.params.get("objective", "minimize score/fid_proxy").split()
+    return key.removeprefix("score/"), direction
+
+
+def best_row(table: pd.DataFrame, metric: str, direction: str) -> pd.Series:
+    """The row with the best value of `metric`; rows without a value come last."""
+    order = table[metric].sort_values(ascending=direction == "minimize", na_position="last", kind="stable")
+    return table.loc[order.index[0]]
 
 
 def _number(text: str) -> Any:

@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gansweep.atomic import refuse_existing
 from gansweep.checkpoint import load_checkpoint
 from gansweep.errors import ConfigError, GansweepError
+from gansweep.nets import generate
 from gansweep.samples import grid_columns, save_grid
 
 __all__ = ["CHECKPOINTS", "sample_run", "interpolate_run", "best_run", "EvaluationReport", "evaluate_run"]
@@ -21,8 +23,7 @@ CHECKPOINTS = ("last", "best")  # artifacts checkpoints/last.pt and checkpoints/
 def sample_run(run_id: str, out: Path, tracking_uri: str, n: int = 64, label: int | None = None, seed: int = 0,
                which: str = "last") -> Path:
     """Write a grid of `n` images from the run's checkpoint; conditional runs take `label`, else cycle classes."""
-    if out.exists():
-        raise GansweepError(f"{out} exists; choose another path with -o (nothing is overwritten)")
+    refuse_existing(out)
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
     checkpoint = load_checkpoint(_download(run_id, which, tracking_uri))
@@ -35,9 +36,7 @@ def sample_run(run_id: str, out: Path, tracking_uri: str, n: int = 64, label: in
     labels = None
     if n_classes:
         labels = torch.full((n,), label) if label is not None else torch.arange(n) % n_classes
-    with torch.no_grad():
-        images = checkpoint.g(z, labels)
-    return save_grid(images, out, grid_columns(n, n_classes if label is None else 0))
+    return save_grid(generate(checkpoint.g, z, labels), out, grid_columns(n, n_classes if label is None else 0))
 
 
 def interpolate_run(run_id: str, out: Path, tracking_uri: str, steps: int = 10, pairs: int = 8, seed: int = 0,
@@ -45,8 +44,7 @@ def interpolate_run(run_id: str, out: Path, tracking_uri: str, steps: int = 10, 
     """Rows of images along straight lines between random pairs of latent points, one row per pair. For a
     conditional variant, each row keeps one class, and as many rows again keep the noise fixed and blend the
     embedding of one class into another's."""
-    if out.exists():
-        raise GansweepError(f"{out} exists; choose another path with -o (nothing is overwritten)")
+    refuse_existing(out)
     if steps < 2 or pairs < 1:
         raise ConfigError(f"steps must be >= 2 and pairs >= 1, got {steps} and {pairs}")
     checkpoint = load_checkpoint(_download(run_id, which, tracking_uri))
@@ -62,29 +60,26 @@ def interpolate_run(run_id: str, out: Path, tracking_uri: str, steps: int = 10, 
         a, b = row_class, (row_class + torch.randint(1, n_classes, (pairs,), generator=rng)) % n_classes
         blend = F.one_hot(a, n_classes)[:, None] * (1 - t) + F.one_hot(b, n_classes)[:, None] * t
         fixed = start.repeat_interleave(steps, dim=0)
-        with torch.no_grad():
-            images = torch.cat([checkpoint.g(z, labels), checkpoint.g(fixed, blend.reshape(-1, n_classes))])
+        images = torch.cat([generate(checkpoint.g, z, labels),
+                            generate(checkpoint.g, fixed, blend.reshape(-1, n_classes))])
     else:
-        with torch.no_grad():
-            images = checkpoint.g(z, None)
+        images = generate(checkpoint.g, z, None)
     return save_grid(images, out, steps)
 
 
 def best_run(tracking_uri: str, study: str) -> str:
     """The run id of the study's best finished trial by its objective (latest parent run)."""
-    from gansweep.evaluation import SCORES
-    from gansweep.export import comparison_table, find_runs
+    from gansweep.export import best_row, comparison_table, find_runs, study_objective
     from gansweep.tracking import client_for
 
     client = client_for(tracking_uri)
     runs, parent = find_runs(client, study=study)
-    metric = parent.data.params.get("objective", "minimize score/fid_proxy").split()[-1].removeprefix("score/")
+    metric, direction = study_objective(parent)
     table = comparison_table(client, runs, [metric])
     if table.empty or metric not in table or table[metric].isna().all():
         raise GansweepError(f"study {study!r} has no scored trial yet")
     table = table[table["status"] == "finished"] if (table["status"] == "finished").any() else table
-    order = table[metric].sort_values(ascending=SCORES[metric].direction == "minimize", na_position="last")
-    return str(table.loc[order.index[0], "run_id"])
+    return str(best_row(table, metric, direction)["run_id"])
 
 
 def _download(run_id: str, which: str, tracking_uri: str) -> Path:
@@ -119,7 +114,7 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
     from gansweep.classifier import get_classifier
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
-    from gansweep.evaluation import Evaluator, eval_inputs, generate, parzen as parzen_scores
+    from gansweep.evaluation import Evaluator, eval_inputs, parzen as parzen_scores
     from gansweep.trainer import resolve_device
 
     torch_device = resolve_device(device)

@@ -16,9 +16,23 @@ from torch import Tensor, nn
 from gansweep.config import TrainConfig
 from gansweep.errors import ConfigError
 
-__all__ = ["Architecture", "ARCHITECTURES", "Conditioning", "CONDITIONINGS"]
+__all__ = ["Architecture", "ARCHITECTURES", "Conditioning", "CONDITIONINGS", "generate"]
 
 ImageShape = tuple[int, int, int]  # (channels, height, width)
+_CHUNK = 1000  # images per forward pass in `generate`
+
+
+@torch.no_grad()
+def generate(g: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    """G's images for `z`, with BatchNorm in inference mode and in chunks so memory stays bounded at any n;
+    G is back in the mode it was in afterwards."""
+    was_training = g.training
+    g.eval()
+    try:
+        return torch.cat([g(z[i:i + _CHUNK], None if labels is None else labels[i:i + _CHUNK])
+                          for i in range(0, len(z), _CHUNK)])
+    finally:
+        g.train(was_training)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from gansweep.errors import GansweepError
-from gansweep.export import comparison_table, find_runs, render
+from gansweep.export import best_row, comparison_table, find_runs, render, study_objective
 
 __all__ = ["ReportOutcome", "write_report", "REPORT_ROOT"]
 
@@ -201,7 +201,7 @@ def write_report(tracking_uri: str, study: str, out: Path | None = None, log_to_
     if table.empty:
         raise GansweepError(f"study {study!r} has no trials yet")
     directory = _new_directory(out, study)
-    metric = parent.data.params.get("objective", "minimize score/fid_proxy").split()[-1].removeprefix("score/")
+    metric, direction = study_objective(parent)
     varied = [name for name in table.attrs["swept"] if table[name].nunique(dropna=True) > 1]
     axis = next((name for name in varied if name in _LOG_AXES), varied[0] if varied else None)
     colors = _colors(sorted(table["variant"].dropna().unique()))
@@ -227,10 +227,7 @@ def write_report(tracking_uri: str, study: str, out: Path | None = None, log_to_
     best_html = ""
     scored = table[table[metric].notna()] if metric in table else table.iloc[0:0]
     if not scored.empty:
-        from gansweep.evaluation import SCORES
-
-        ascending = SCORES[metric].direction == "minimize"
-        best = scored.sort_values(metric, ascending=ascending).iloc[0]
+        best = best_row(scored, metric, direction)
         gif = directory / "grids" / best["run_id"][:8] / "samples" / "grids.gif"
         if gif.exists():
             shutil.copyfile(gif, directory / "best.gif")

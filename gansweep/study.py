@@ -11,7 +11,7 @@ import itertools
 import math
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from gansweep.errors import ConfigError, GansweepError, UnknownNameError
 from gansweep.trainer import Hook, StepLog, StopTraining, TrainState, resolve_device
 
 __all__ = ["StudySpec", "Objective", "StudyOptions", "StudyOutcome", "load_spec", "find_spec", "list_specs",
-           "run_study", "ranked_table", "seed_spread", "format_table", "SAMPLERS", "PRUNERS", "STUDY_DIRS", "optuna_storage", "LOCAL_OPTUNA_STORAGE"]
+           "run_study", "ranked_table", "seed_spread", "format_table", "SAMPLERS", "PRUNERS", "STUDY_DIRS",
+           "optuna_storage", "LOCAL_OPTUNA_STORAGE"]
 
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
@@ -33,6 +34,8 @@ TABLE_SCORES = ("fid_proxy", "kid_proxy", "is_proxy", "coverage", "precision", "
 # Where `gansweep study NAME` looks for NAME.toml: the working directory's studies/, then the shipped ones.
 STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
 LOCAL_OPTUNA_STORAGE = Path("mlruns") / "optuna.journal"  # a journal file: safe for several local processes
+# Trials that hold their work: done, or under way. Failed and interrupted ones give it back, to be run again.
+_LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 _SPECIAL_AXES = ("variant", "seed", "beta1")  # swept names that are not TrainConfig fields as they stand
 
 
@@ -348,8 +351,7 @@ class _TrialRunner:
         ran = 0
         while limit is None or ran < limit:
             trials = self.study.get_trials(deepcopy=False)
-            taken = {_key(t.params) for t in trials
-                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)}
+            taken = {_key(t.params) for t in trials if t.state in _LIVE}
             remaining = [p for p in grid if _key(p) not in taken]
             if not remaining:
                 break
@@ -362,20 +364,19 @@ class _TrialRunner:
             for name, values in self.spec.space.items():
                 params[name] = trial.suggest_categorical(name, list(values))
             params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
-            if self._taken_by_another(trial, params):
+            if self._stand_down_if_taken(trial, lambda other: _key(other.params) == _key(params), "point"):
                 continue
             self._run(trial, params, len(grid))
             ran += 1
         return ran
 
-    def _taken_by_another(self, trial: Any, params: dict[str, Any]) -> bool:
-        """Two processes can be handed the same point at the very end of a grid; the later trial stands down."""
-
-        for other in self.study.get_trials(deepcopy=False):
-            if (other.number < trial.number and _key(other.params) == _key(params)
-                    and other.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):
+    def _stand_down_if_taken(self, trial: Any, same: Callable[[Any], bool], what: str) -> bool:
+        """Two processes can be handed the same work at once (a grid's last point, a re-run); the trial with
+        the higher number stands down as a duplicate."""
+        for other in self.study.get_trials(deepcopy=False, states=_LIVE):
+            if other.number < trial.number and same(other):
                 trial.set_user_attr("status", "duplicate")
-                trial.set_user_attr("reason", f"point already taken by trial {other.number}")
+                trial.set_user_attr("reason", f"{what} already taken by trial {other.number}")
                 self.study.tell(trial, state=TrialState.FAIL)
                 return True
         return False
@@ -403,7 +404,9 @@ class _TrialRunner:
             params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
             for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
                 trial.set_user_attr(key, value)
-            if self._rerun_taken(trial, params["variant"], seed):
+            if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
+                                         and other.params.get("variant") == params["variant"]
+                                         and other.user_attrs.get("seed") == seed, "re-run"):
                 continue
             self._run(trial, {**params, "seed": seed}, total)
             ran += 1
@@ -411,9 +414,7 @@ class _TrialRunner:
 
     def _live(self, phase: str) -> list[Any]:
         """Trials of a phase that count as done or under way (failed and interrupted ones are run again)."""
-        return [t for t in self.study.get_trials(deepcopy=False)
-                if t.user_attrs.get("phase") == phase
-                and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+        return [t for t in self.study.get_trials(deepcopy=False, states=_LIVE) if t.user_attrs.get("phase") == phase]
 
     def _next_search_variant(self) -> str | None:
         counts = {v: 0 for v in self.spec.variants}
@@ -438,15 +439,6 @@ class _TrialRunner:
             todo += [(best, seed) for seed in self.spec.best_seeds if (variant, seed) not in done]
         return todo
 
-    def _rerun_taken(self, trial: Any, variant: str, seed: int) -> bool:
-        for other in self._live("rerun"):
-            if (other.number < trial.number and other.params.get("variant") == variant
-                    and other.user_attrs.get("seed") == seed):
-                trial.set_user_attr("status", "duplicate")
-                trial.set_user_attr("reason", f"re-run already taken by trial {other.number}")
-                self.study.tell(trial, state=TrialState.FAIL)
-                return True
-        return False
 
     def _run(self, trial: Any, params: dict[str, Any], total: int) -> None:
 

@@ -32,8 +32,8 @@ LOCAL_TRACKING_URI = f"sqlite:///{LOCAL_STORE}/mlflow.db"  # MLflow 3.17+ refuse
 _BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 # How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
-RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "collapsed": "KILLED", "interrupted": "KILLED", "diverged": "FAILED",
-              "failed": "FAILED"}
+RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "collapsed": "KILLED", "interrupted": "KILLED",
+              "diverged": "FAILED", "failed": "FAILED"}
 
 
 def tracking_uri(given: str | None) -> str:

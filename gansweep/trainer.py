@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from gansweep.config import TrainConfig
 from gansweep.data import DataRecord, Dataset
 from gansweep.errors import ConfigError
+from gansweep.nets import generate
 from gansweep.variants import Variant
 
 __all__ = ["Hook", "StepLog", "StopTraining", "TrainState", "TrainResult", "train", "resolve_device",
@@ -72,18 +73,8 @@ class TrainState:
     def conditional(self) -> bool:
         return self.fixed_labels is not None
 
-    @torch.no_grad()
-    def sample(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """G's images for `z`, with BatchNorm in inference mode; G is back in training mode afterwards."""
-        was_training = self.g.training
-        self.g.eval()
-        try:
-            return self.g(z, labels)
-        finally:
-            self.g.train(was_training)
-
     def fixed_samples(self) -> Tensor:
-        return self.sample(self.fixed_z, self.fixed_labels)
+        return generate(self.g, self.fixed_z, self.fixed_labels)
 
 
 @dataclass(frozen=True)
