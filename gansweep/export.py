@@ -31,10 +31,9 @@ def find_runs(client: Any, study: str | None = None, experiment: str | None = No
     if (study is None) == (experiment is None):
         raise ConfigError("give exactly one of --study NAME or --experiment NAME")
     if study is not None:
-        parents = client.search_runs(
-            [e.experiment_id for e in client.search_experiments()],
-            filter_string=f"tags.`gansweep.study` = '{study}' and tags.`gansweep.role` = 'parent'",
-            order_by=["attributes.start_time DESC"], max_results=1)
+        from gansweep.tracking import study_parents
+
+        parents = study_parents(client, study)
         if not parents:
             raise GansweepError(f"no study {study!r} in {client.tracking_uri}; run `gansweep study {study}` first")
         parent = parents[0]
@@ -160,7 +159,7 @@ def export_table(tracking_uri: str, study: str | None = None, experiment: str | 
                  metrics: Sequence[str] = DEFAULT_METRICS, group_by: Sequence[str] = ()) -> pd.DataFrame:
     from gansweep.tracking import client_for
 
-    client = client_for(tracking_uri)
+    client = client_for(tracking_uri, create=False)
     runs, _ = find_runs(client, study, experiment)
     table = comparison_table(client, runs, metrics)
     if table.empty:

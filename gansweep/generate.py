@@ -18,17 +18,29 @@ from gansweep.samples import grid_columns, save_grid
 __all__ = ["CHECKPOINTS", "sample_run", "interpolate_run", "best_run", "EvaluationReport", "evaluate_run"]
 
 CHECKPOINTS = ("last", "best")  # artifacts checkpoints/last.pt and checkpoints/best.pt of a trial's run
+MAX_IMAGES = 4096  # images in one picture: beyond this a grid is no longer something to look at
+MAX_STEPS = 64  # images along one interpolation line, and lines in one picture
+
+
+def _check_picture(which: str, seed: int) -> None:
+    from gansweep.config import MAX_SEED
+
+    if which not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {seed}")
 
 
 def sample_run(run_id: str, out: Path, tracking_uri: str, n: int = 64, label: int | None = None, seed: int = 0,
                which: str = "last") -> Path:
     """Write a grid of `n` images from the run's checkpoint; conditional runs take `label`, else cycle classes."""
     refuse_existing(out)
-    if n < 1:
-        raise ConfigError(f"n must be >= 1, got {n}")
+    _check_picture(which, seed)
+    if not 1 <= n <= MAX_IMAGES:
+        raise ConfigError(f"n must be in [1, {MAX_IMAGES}], got {n}")
     checkpoint = load_checkpoint(_download(run_id, which, tracking_uri))
     n_classes = checkpoint.n_classes
-    if label is not None and not 0 <= label < max(n_classes, 1):
+    if label is not None and (not n_classes or not 0 <= label < n_classes):
         raise ConfigError(f"label must be in [0, {n_classes}) for {checkpoint.variant.name}, got {label}"
                           if n_classes else f"{checkpoint.variant.name} is unconditional; leave out --label")
     rng = torch.Generator().manual_seed(seed)
@@ -45,8 +57,9 @@ def interpolate_run(run_id: str, out: Path, tracking_uri: str, steps: int = 10, 
     conditional variant, each row keeps one class, and as many rows again keep the noise fixed and blend the
     embedding of one class into another's."""
     refuse_existing(out)
-    if steps < 2 or pairs < 1:
-        raise ConfigError(f"steps must be >= 2 and pairs >= 1, got {steps} and {pairs}")
+    _check_picture(which, seed)
+    if not 2 <= steps <= MAX_STEPS or not 1 <= pairs <= MAX_STEPS:
+        raise ConfigError(f"steps must be in [2, {MAX_STEPS}] and pairs in [1, {MAX_STEPS}], got {steps} and {pairs}")
     checkpoint = load_checkpoint(_download(run_id, which, tracking_uri))
     rng = torch.Generator().manual_seed(seed)
     z_dim, n_classes = checkpoint.config.z_dim, checkpoint.n_classes
@@ -72,7 +85,7 @@ def best_run(tracking_uri: str, study: str) -> str:
     from gansweep.export import best_row, comparison_table, find_runs, study_objective
     from gansweep.tracking import client_for
 
-    client = client_for(tracking_uri)
+    client = client_for(tracking_uri, create=False)
     runs, parent = find_runs(client, study=study)
     metric, direction = study_objective(parent)
     table = comparison_table(client, runs, [metric])
@@ -115,8 +128,13 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
     from gansweep.evaluation import Evaluator, eval_inputs, parzen as parzen_scores
+    from gansweep.spec import MAX_EVAL
     from gansweep.trainer import resolve_device
 
+    if n_eval is not None and not 2 <= n_eval <= MAX_EVAL:
+        raise ConfigError(f"n must be in [2, {MAX_EVAL}], got {n_eval}")
+    if which not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     torch_device = resolve_device(device)
     checkpoint = load_checkpoint(_download(run_id, which, tracking_uri), torch_device)
     data = load_dataset(DataConfig(dataset=checkpoint.data.name, **({"data_root": data_root} if data_root else {})),
@@ -139,7 +157,7 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
         from gansweep.tracking import client_for
 
         now = int(time.time() * 1000)
-        client_for(tracking_uri).log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, checkpoint.epoch)
+        client_for(tracking_uri, create=False).log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, checkpoint.epoch)
                                                               for k, v in scores.items()])
     return EvaluationReport(checkpoint.variant.name, data.record.name, checkpoint.epoch, evaluator.n,
                             evaluator.classifier.checksum, evaluator.classifier.accuracy, scores, floor)

@@ -34,7 +34,11 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
 
     tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of S_a S_b, which are real and
     non-negative for covariance matrices; taking them directly avoids the unstable general matrix square root.
+    Non-finite statistics are refused: they have no distance, and LAPACK's eigenvalue routine may crash on them.
     """
+    for side, stats in (("a", a), ("b", b)):
+        if not (torch.isfinite(stats.mean).all() and torch.isfinite(stats.cov).all()):
+            raise ValueError(f"frechet_distance needs finite statistics; {side} has a non-finite mean or covariance")
     eigenvalues = torch.linalg.eigvals(a.cov @ b.cov).real.clamp(min=0)
     trace_sqrt = eigenvalues.sqrt().sum()
     distance = (a.mean - b.mean).square().sum() + a.cov.trace() + b.cov.trace() - 2 * trace_sqrt

@@ -19,11 +19,12 @@ from typing import Any
 import pandas as pd
 
 from gansweep.errors import GansweepError
+from gansweep.store import Store
+from gansweep.tracking import slug as _slug
 from gansweep.export import best_row, comparison_table, find_runs, render, study_objective
 
-__all__ = ["ReportOutcome", "write_report", "REPORT_ROOT"]
+__all__ = ["ReportOutcome", "write_report"]
 
-REPORT_ROOT = Path("mlruns") / "reports"
 _LOG_AXES = ("lr", "lr_g", "lr_d")  # swept names drawn on a log axis
 _MAX_GRID_VALUES = 12  # more distinct values than this on the swept axis: drawn as points
 _FAILED = ("diverged", "mode collapse", "pruned", "failed", "interrupted")
@@ -36,6 +37,7 @@ class ReportOutcome:
     directory: Path
     files: list[str]
     parent_run_id: str
+    logged: bool  # also logged under report/ of the parent run (not on a read-only store)
 
 
 def _plt() -> Any:
@@ -54,10 +56,14 @@ def _colors(variants: list[str]) -> dict[str, Any]:
     return {v: cycle(i % 10) for i, v in enumerate(variants)}
 
 
-def _new_directory(out: Path | None, study: str) -> Path:
+def _new_directory(out: Path | None, study: str, store: Store) -> Path:
     """A folder that did not exist, or an empty one: an earlier report is never overwritten."""
     if out is None:
-        out = REPORT_ROOT / f"{study}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not store.writable():
+            raise GansweepError(f"the store {store.root} is read-only; give the report a folder with -o DIR")
+        out = store.reports / f"{_slug(study)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and not out.is_dir():
+        raise GansweepError(f"{out} is a file; choose a folder with -o (nothing is overwritten)")
     if out.exists() and any(out.iterdir()):
         raise GansweepError(f"{out} is not empty; choose another folder with -o (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
@@ -191,16 +197,17 @@ img.plot {{ max-width: 100%; }}
 """
 
 
-def write_report(tracking_uri: str, study: str, out: Path | None = None, log_to_parent: bool = True) -> ReportOutcome:
-    """Write the report of the study's latest parent run into a new folder and log it to that parent run."""
+def write_report(store: Store, study: str, out: Path | None = None) -> ReportOutcome:
+    """Write the report of the study's latest parent run into a new folder and log it to that parent run, unless
+    the store is read-only."""
     from gansweep.tracking import client_for
 
-    client = client_for(tracking_uri)
+    client = client_for(store.tracking_uri, create=False)
     runs, parent = find_runs(client, study=study)
     table = comparison_table(client, runs)
     if table.empty:
         raise GansweepError(f"study {study!r} has no trials yet")
-    directory = _new_directory(out, study)
+    directory = _new_directory(out, study, store)
     metric, direction = study_objective(parent)
     varied = [name for name in table.attrs["swept"] if table[name].nunique(dropna=True) > 1]
     axis = next((name for name in varied if name in _LOG_AXES), varied[0] if varied else None)
@@ -250,7 +257,8 @@ def write_report(tracking_uri: str, study: str, out: Path | None = None, log_to_
                 render(table.drop(columns=["mode_collapse"]), "md"), ""]
     markdown += [f"![{Path(p).stem}]({p})" for p in pictures]
     (directory / "report.md").write_text("\n".join(markdown) + "\n")
-    if log_to_parent:
+    logged = store.writable()
+    if logged:
         client.log_artifacts(parent.info.run_id, str(directory), "report")
     files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
-    return ReportOutcome(directory, files, parent.info.run_id)
+    return ReportOutcome(directory, files, parent.info.run_id, logged)

@@ -15,8 +15,10 @@ from typing import Any
 from gansweep.checkpoint import CheckpointHook
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset
+from gansweep.errors import ConfigError
 from gansweep.evaluation import SCORES, Evaluator, ScoreHook
 from gansweep.samples import SampleGridHook
+from gansweep.store import Store
 from gansweep.trainer import Hook, TrainResult, train
 from gansweep.variants import Variant
 
@@ -69,28 +71,33 @@ class RunOutcome:
     config: TrainConfig
 
 
-def run_training(variant_name: str, data_config: DataConfig, tracking_uri: str | None = None,
-                 experiment: str | None = None, n_eval: int | None = None, progress: bool = True,
-                 **changes: Any) -> RunOutcome:
-    """Train one variant with `changes` over its defaults (None = not given) as a new MLflow run."""
+def run_training(variant_name: str, data_config: DataConfig, store: Store, experiment: str | None = None,
+                 n_eval: int | None = None, progress: bool = True, **changes: Any) -> RunOutcome:
+    """Train one variant with `changes` over its defaults (None = not given) as a new MLflow run. Every value,
+    the device, the data and the store are checked before the run is created."""
     from gansweep.classifier import get_classifier
-    from gansweep.data import load_dataset
-    from gansweep.trainer import resolve_device
+    from gansweep.data import get_source, load_dataset
+    from gansweep.spec import MAX_EVAL
+    from gansweep.trainer import g_steps_per_epoch, resolve_device
     from gansweep.tracking import client_for, experiment_id
-    from gansweep.tracking import tracking_uri as resolve
     from gansweep.variants import get_variant
 
     variant = get_variant(variant_name)
     config = variant.config(**changes)
-    data = load_dataset(data_config, resolve_device(config.device))
+    g_steps_per_epoch(config, get_source(data_config.dataset).n_train)
+    if n_eval is not None and not 2 <= n_eval <= MAX_EVAL:
+        raise ConfigError(f"--n-eval must be in [2, {MAX_EVAL}], got {n_eval}")
+    if experiment is not None and not experiment.strip():
+        raise ConfigError("--experiment must not be empty")
+    device = resolve_device(config.device)
+    store.for_writing()
+    data = load_dataset(data_config, device)
     evaluator = Evaluator(get_classifier(data), data, n_eval)
-    uri = resolve(tracking_uri)
-    client = client_for(uri)
-    experiment_name = experiment or TRAIN_EXPERIMENT
-    experiment_key = experiment_id(client, experiment_name)
+    client = client_for(store.tracking_uri)
+    experiment_key = experiment_id(client, experiment or TRAIN_EXPERIMENT)
     run = client.create_run(experiment_key, run_name=f"{variant.name} seed {config.seed}", tags={
         "gansweep.role": "run", "gansweep.variant": variant.name, "gansweep.dataset": data.record.name,
         "gansweep.seed": str(config.seed)})
     result = tracked_training(client, run.info.run_id, variant, config, data, evaluator, TRAIN_OBJECTIVE, {},
                               label=variant.name if progress else None)
-    return RunOutcome(result, run.info.run_id, experiment_key, uri, config)
+    return RunOutcome(result, run.info.run_id, experiment_key, store.tracking_uri, config)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import platform
 import subprocess
 import time
@@ -24,11 +23,9 @@ import gansweep
 from gansweep.checkpoint import save_checkpoint
 from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
 
-__all__ = ["LOCAL_TRACKING_URI", "LOCAL_STORE", "tracking_uri", "client_for", "experiment_id", "experiment_url",
-           "MlflowHook", "RUN_STATUS", "end_run", "git_commit", "store_lock"]
+__all__ = ["slug", "client_for", "experiment_id", "experiment_url", "study_parents", "MlflowHook", "RUN_STATUS",
+           "end_run", "git_commit", "store_lock"]
 
-LOCAL_STORE = Path("mlruns")
-LOCAL_TRACKING_URI = f"sqlite:///{LOCAL_STORE}/mlflow.db"  # MLflow 3.17+ refuses a plain ./mlruns file store
 _BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
 # How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
@@ -36,39 +33,37 @@ RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "collapsed": "KILLED",
               "diverged": "FAILED", "failed": "FAILED"}
 
 
-def tracking_uri(given: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the local sqlite store (created on first use)."""
-    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or LOCAL_TRACKING_URI
-    if uri == LOCAL_TRACKING_URI:
-        LOCAL_STORE.mkdir(exist_ok=True)
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # made absolute once, here: MLflow keeps one engine per URI string, and a relative one would follow
-        # whatever the working directory is when it first connects
-        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
-
-
-def client_for(uri: str) -> MlflowClient:
+def client_for(uri: str, create: bool = True) -> MlflowClient:
     """A client whose store exists: MLflow creates a sqlite store's tables as the client is made, so two
-    processes starting on a new store take turns (store_lock)."""
-    with store_lock(uri):
+    processes starting on a new store take turns (store_lock). A reader (`create=False`) of a store that exists
+    takes no lock, so a read-only store can be read."""
+    if not create:
         return MlflowClient(tracking_uri=uri)
+    with store_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # the tables exist once this returns
+        return client
+
+
+_HELD: set[Path] = set()  # store locks this process holds: a step under the lock may call another one
 
 
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Serialises find-or-create steps of several processes on one local sqlite store (a file lock beside the
-    database); a tracking server orders its own requests, so other stores need none."""
-    if not uri.startswith("sqlite:///"):
+    database); a tracking server orders its own requests, so other stores need none. Reentrant in a process."""
+    path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    if not uri.startswith("sqlite:///") or path in _HELD:
         yield
         return
-    path = Path(uri.removeprefix("sqlite:///") + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        _HELD.add(path)
         try:
             yield
         finally:
+            _HELD.discard(path)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -81,8 +76,19 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         location = None
         if client.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
             database = Path(client.tracking_uri.removeprefix("sqlite:///"))
-            location = f"{(database.parent / 'artifacts').resolve().as_uri()}/{_slug(name)}"
+            location = f"{(database.parent / 'artifacts').resolve().as_uri()}/{slug(name)}"
         return client.create_experiment(name, artifact_location=location)
+
+
+def study_parents(client: MlflowClient, name: str) -> list[Any]:
+    """The parent runs of the study `name` in every experiment of the store, newest first. Matched here rather
+    than in a filter string, so a study name may hold any character."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    runs = client.search_runs(experiments, filter_string="tags.`gansweep.role` = 'parent'",
+                              order_by=["attributes.start_time DESC"], max_results=50000)
+    return [r for r in runs if r.data.tags.get("gansweep.study") == name]
 
 
 def experiment_url(host: str, port: int, experiment: str) -> str:
@@ -100,7 +106,8 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A name as a file name: anything but letters, digits and -_. becomes _."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 

@@ -31,10 +31,10 @@ def test_list_datasets():
 @pytest.mark.parametrize("args, message", [
     (["train", "wgan_gp"], "unknown variant 'wgan_gp'; did you mean 'wgan-gp'?"),
     (["train", "gan", "--dataset", "mnist5k"], "unknown dataset 'mnist5k'; did you mean 'mnist-5k'?"),
-    (["train", "gan", "--lr", "0"], "lr must be > 0, got 0.0"),
+    (["train", "gan", "--lr", "0"], "lr must be in (0, 1000], got 0.0"),
     (["train", "gan", "--dropout", "1"], "dropout must be in [0, 1), got 1.0"),
     (["train", "gan", "--label-smoothing", "0.7"], "label_smoothing must be in [0, 0.5], got 0.7"),
-    (["train", "gan", "--n-critic", "0"], "n_critic must be >= 1, got 0"),
+    (["train", "gan", "--n-critic", "0"], "n_critic must be in [1, 100], got 0"),
     (["train", "sngan", "--label-smoothing", "0.1"], "label_smoothing has no meaning for the hinge loss"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message):

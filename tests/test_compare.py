@@ -13,8 +13,9 @@ from PIL import Image
 from gansweep.cli import main
 from gansweep.export import comparison_table, find_runs, group_table, render
 from gansweep.report import write_report
-from gansweep.study import StudyOptions, load_spec, run_study
-from gansweep.tracking import tracking_uri
+from gansweep.spec import load_spec
+from gansweep.study import StudyOptions, run_study
+from gansweep.store import resolve_store
 
 STUDY = """
 name = "small"
@@ -64,7 +65,7 @@ def test_export_round_trips_against_mlflow(in_store):
     result = invoke("export", "--study", "small", "--format", "json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    client = MlflowClient(tracking_uri(None))
+    client = MlflowClient(resolve_store().tracking_uri)
     runs, parent = find_runs(client, study="small")
     assert len(rows) == 4 and {r["run_id"] for r in rows} == {r.info.run_id for r in runs}
     for row in rows:
@@ -125,7 +126,7 @@ def test_export_refuses_bad_input_in_one_line(in_store):
 
 def test_report_writes_the_page_and_logs_it_to_the_parent(in_store, tmp_path):
     out = tmp_path / "report"
-    outcome = write_report(tracking_uri(None), "small", out)
+    outcome = write_report(resolve_store(), "small", out)
     page = (out / "report.html").read_text()
     for name in ("sensitivity.png", "scores.png", "losses.png", "contact_sheet.png", "best.gif"):
         assert f'src="{name}"' in page
@@ -137,7 +138,7 @@ def test_report_writes_the_page_and_logs_it_to_the_parent(in_store, tmp_path):
     grids = json.loads(page.split("const grids = ")[1].split(";\n")[0])
     assert len(grids) == 4 and all(len(frames) == 2 for frames in grids.values())
     assert "| run_id" in (out / "report.md").read_text()
-    client = MlflowClient(tracking_uri(None))
+    client = MlflowClient(resolve_store().tracking_uri)
     logged = {a.path for a in client.list_artifacts(outcome.parent_run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/sensitivity.png"} <= logged
     again = invoke("report", "small", "-o", out)
@@ -145,7 +146,7 @@ def test_report_writes_the_page_and_logs_it_to_the_parent(in_store, tmp_path):
 
 
 def test_sample_and_interpolate_from_the_best_trial(in_store, tmp_path):
-    client = MlflowClient(tracking_uri(None))
+    client = MlflowClient(resolve_store().tracking_uri)
     table = comparison_table(client, find_runs(client, study="small")[0], ["fid_proxy"])
     best = table.sort_values("fid_proxy").iloc[0]["run_id"]
     sampled = invoke("sample", "small", "--best", "--n", "20", "-o", tmp_path / "s.png")
@@ -159,7 +160,7 @@ def test_sample_and_interpolate_from_the_best_trial(in_store, tmp_path):
 
 
 def test_render_html_has_no_index(in_store):
-    client = MlflowClient(tracking_uri(None))
+    client = MlflowClient(resolve_store().tracking_uri)
     table = comparison_table(client, find_runs(client, study="small")[0], ["fid_proxy"])
     page = render(table, "html")
     assert page.count("</tr>") == 5 and "<th>run_id</th>" in page and "<th></th>" not in page
@@ -223,7 +224,7 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store):
                 return False
 
         _wait_for(up, timeout=120)
-        client = MlflowClient(tracking_uri(None))
+        client = MlflowClient(resolve_store().tracking_uri)
         runs, parent = find_runs(client, study="small")
         experiment = parent.info.experiment_id
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
@@ -252,7 +253,7 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store):
 
 def test_evaluate_recomputes_the_scores_the_run_logged(in_store):
     """Same checkpoint, same evaluation noise, same N and feature network: the same numbers as during training."""
-    client = MlflowClient(tracking_uri(None))
+    client = MlflowClient(resolve_store().tracking_uri)
     run = client.get_run(find_runs(client, study="small")[0][0].info.run_id)
     result = invoke("evaluate", run.info.run_id, "--n", "200", "--device", "cpu", "--parzen", "--log")
     assert result.exit_code == 0, result.output

@@ -12,8 +12,10 @@ from PIL import Image
 from gansweep.cli import main
 from gansweep.errors import ConfigError
 from gansweep.evaluation import ScoreHook
-from gansweep.study import LOCAL_OPTUNA_STORAGE, StudyOptions, load_spec, optuna_storage, run_study, seed_spread
-from gansweep.tracking import tracking_uri
+from gansweep.spec import load_spec
+from gansweep.store import resolve_store
+from gansweep.study import StudyOptions, run_study, seed_spread
+from gansweep.store import resolve_store
 
 TINY_STUDY = """
 name = "tiny"
@@ -56,7 +58,7 @@ def invoke(*args):
 
 
 def trials(name="tiny"):
-    study = optuna.load_study(study_name=name, storage=optuna_storage(None))
+    study = optuna.load_study(study_name=name, storage=resolve_store().optuna())
     return study.get_trials()
 
 
@@ -65,7 +67,7 @@ def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
     assert result.exit_code == 0, result.output
     assert "fid_proxy" in result.output and "gansweep ui" in result.output
 
-    client = MlflowClient(tracking_uri(None))
+    client = MlflowClient(resolve_store().tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("gansweep.role") == "parent")
@@ -132,7 +134,7 @@ def test_an_interrupted_trial_is_recorded_and_rerun(store, monkeypatch):
             run_study(spec, StudyOptions(device="cpu", progress=False))
     (trial,) = trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs["status"] == "interrupted"
-    run = MlflowClient(tracking_uri(None)).get_run(trial.user_attrs["mlflow_run_id"])
+    run = MlflowClient(resolve_store().tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["gansweep.status"] == "interrupted"
 
     run_study(spec, StudyOptions(device="cpu", progress=False))
@@ -142,7 +144,7 @@ def test_an_interrupted_trial_is_recorded_and_rerun(store, monkeypatch):
 
 @pytest.mark.parametrize("line, error", [
     ('variants = ["gan", "wgan_gp"]', "variants: unknown variant 'wgan_gp'; did you mean 'wgan-gp'?"),
-    ('sampler = "grid-search"', "sampler: must be one of grid, tpe, random"),
+    ('sampler = "grid-search"', "sampler must be one of grid, tpe, random"),
     ("learning_rate = 3", "learning_rate: unknown key"),
 ])
 def test_study_file_errors_name_the_file_and_key(tmp_path, line, error):
@@ -150,14 +152,14 @@ def test_study_file_errors_name_the_file_and_key(tmp_path, line, error):
                                                f'variants = ["gan"]\n{line}')
     if "sampler" in line:
         text = text.replace('sampler = "grid"\n', "")
-    path = tmp_path / "bad.toml"
+    path = tmp_path / "tiny.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=f"^{path}: {error}".replace("?", "\\?").replace("[", "\\[")):
         load_spec(path)
 
 
 def test_space_values_are_range_checked(tmp_path):
-    path = tmp_path / "bad.toml"
+    path = tmp_path / "tiny.toml"
     path.write_text(TINY_STUDY.format(extra="").replace("lr = [1e-4, 3e-4, 1e-3]", "dropout = [0.0, 1.0]"))
     with pytest.raises(ConfigError, match="space.dropout: dropout must be in \\[0, 1\\), got 1.0"):
         load_spec(path)
@@ -168,7 +170,7 @@ def test_shipped_studies_load_and_are_listed():
     for name in ("lr-sensitivity", "dropout", "label-smoothing", "critic-iterations", "variant-shootout", "tune",
                  "fair-comparison"):
         assert name in result.output
-    spec = load_spec(__import__("gansweep.study", fromlist=["find_spec"]).find_spec("lr-sensitivity"))
+    spec = load_spec(__import__("gansweep.catalog", fromlist=["find_spec"]).find_spec("lr-sensitivity"))
     assert spec.sampler == "grid" and spec.pruner == "none"
     assert len(spec.grid_points()) == 3 * len(spec.space["lr"])
 
@@ -176,7 +178,7 @@ def test_shipped_studies_load_and_are_listed():
 def test_unknown_study_is_exit_code_2(store):
     result = invoke("study", "lr-sensitivty")
     assert result.exit_code == 2 and "did you mean 'lr-sensitivity'" in result.output
-    assert LOCAL_OPTUNA_STORAGE.exists() is False
+    assert not (store / "mlruns").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -209,7 +211,7 @@ def test_a_collapsed_trial_is_stopped_and_recorded(store, monkeypatch):
     assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "collapsed"
     assert trial.user_attrs["epochs"] == 2 and "mode collapse" in trial.user_attrs["reason"]
     assert trial.user_attrs["mode_collapse"] == "epoch 2: coverage 0.20"
-    run = MlflowClient(tracking_uri(None)).get_run(trial.user_attrs["mlflow_run_id"])
+    run = MlflowClient(resolve_store().tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["gansweep.status"] == "collapsed"
     assert run.data.tags["gansweep.mode_collapse"] == trial.user_attrs["mode_collapse"]
 
@@ -233,7 +235,7 @@ def test_a_fair_comparison_gives_each_variant_the_same_budget_then_reruns_its_be
         mine = [t for t in reruns if t.params["variant"] == variant]
         assert sorted(t.user_attrs["seed"] for t in mine) == [5, 6]
         assert all(t.params == best.params and t.user_attrs["rerun_of"] == best.number for t in mine)
-        runs = [MlflowClient(tracking_uri(None)).get_run(t.user_attrs["mlflow_run_id"]) for t in mine]
+        runs = [MlflowClient(resolve_store().tracking_uri).get_run(t.user_attrs["mlflow_run_id"]) for t in mine]
         assert sorted(r.data.params["seed"] for r in runs) == ["5", "6"]
         assert all(float(r.data.params["betas"].strip("()").split(",")[0]) == pytest.approx(best.params["beta1"])
                    for r in runs)
@@ -268,12 +270,12 @@ def test_two_processes_share_one_grid_without_losing_or_repeating_a_point(store,
     assert sum(ran) == 5 and min(ran) >= 1  # both worked on the grid, and no point ran twice
     done = [t for t in trials() if t.state == TrialState.COMPLETE]
     assert sorted(t.params["lr"] for t in done) == [1e-4, 2e-4, 3e-4, 5e-4, 1e-3]
-    children = [r for r in MlflowClient(tracking_uri(None)).search_runs(
-        [MlflowClient(tracking_uri(None)).get_experiment_by_name("tiny").experiment_id])
+    children = [r for r in MlflowClient(resolve_store().tracking_uri).search_runs(
+        [MlflowClient(resolve_store().tracking_uri).get_experiment_by_name("tiny").experiment_id])
         if r.data.tags.get("gansweep.role") == "trial" and r.data.tags.get("gansweep.status") == "finished"]
     assert sorted(r.data.params["lr"] for r in children) == sorted(str(t.params["lr"]) for t in done)
-    parents = [r for r in MlflowClient(tracking_uri(None)).search_runs(
-        [MlflowClient(tracking_uri(None)).get_experiment_by_name("tiny").experiment_id])
+    parents = [r for r in MlflowClient(resolve_store().tracking_uri).search_runs(
+        [MlflowClient(resolve_store().tracking_uri).get_experiment_by_name("tiny").experiment_id])
         if r.data.tags.get("gansweep.role") == "parent"]
     assert len(parents) == 1  # both processes continued one study under one parent run
 
@@ -284,7 +286,7 @@ def test_a_study_is_not_continued_under_another_objective(store):
     (store / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra="").replace(
         'metric = "fid_proxy", direction = "minimize"', 'metric = "recall", direction = "maximize"'))
     result = invoke("study", "tiny", "--device", "cpu")
-    assert result.exit_code == 2 and "was run to minimize score/fid_proxy" in result.output and "--fresh" in result.output
+    assert result.exit_code == 2 and "was run with objective minimize score/fid_proxy" in result.output and "--fresh" in result.output
     assert len(trials()) == 1  # nothing ran, nothing changed
     fresh = invoke("study", "tiny", "--device", "cpu", "--trials", "1", "--fresh")
     assert fresh.exit_code == 0, fresh.output

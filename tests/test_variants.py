@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -75,10 +77,10 @@ def test_unknown_variant_suggests_the_close_name():
     (Variant("new-one", "", arch="mlp", loss="hinges"), "unknown loss 'hinges'"),
     (Variant("new-one", "", arch="mlp", loss="hinge", regularizer="gp"), "unknown regularizer"),
     (Variant("new-one", "", arch="mlp", loss="hinge", overrides={"learning_rate": 1.0}), "unknown config fields"),
-    (Variant("new-one", "", arch="mlp", loss="hinge", overrides={"lr": -1.0}), "lr must be > 0"),
+    (Variant("new-one", "", arch="mlp", loss="hinge", overrides={"lr": -1.0}), "lr must be in (0, 1000]"),
 ])
 def test_register_validates(variant, error):
-    with pytest.raises((ValueError, UnknownNameError, ConfigError), match=error):
+    with pytest.raises((ValueError, UnknownNameError, ConfigError), match=re.escape(error)):
         register(variant)
     assert "new-one" not in VARIANTS
 
@@ -94,13 +96,14 @@ def test_register_adds_a_variant_from_parts():
 
 
 @pytest.mark.parametrize("field, value, rule", [
-    ("lr", 0.0, "lr must be > 0"), ("lr_d", -1e-3, "lr_d must be > 0"), ("dropout", 1.0, "dropout must be in"),
+    ("lr", 0.0, "lr must be in (0, 1000]"), ("lr_d", -1e-3, "lr_d must be in (0, 1000]"),
+    ("dropout", 1.0, "dropout must be in"),
     ("dropout", -0.1, "dropout must be in"), ("label_smoothing", 0.6, "label_smoothing must be in"),
-    ("n_critic", 0, "n_critic must be >= 1"), ("epochs", 0, "epochs must be >= 1"),
+    ("n_critic", 0, "n_critic must be in [1, 100]"), ("epochs", 0, "epochs must be in [1, 1000000]"),
     ("optimizer", "sgd", "optimizer must be one of"), ("device", "tpu", "device must be one of"),
 ])
 def test_config_range_checks(field, value, rule):
-    with pytest.raises(ConfigError, match=rule):
+    with pytest.raises(ConfigError, match=re.escape(rule)):
         TrainConfig(**{field: value})
 
 

@@ -1,0 +1,120 @@
+"""Where results live: one folder (the store) holds the MLflow database, its artifacts, the Optuna journal and the
+reports, so a study is one folder to keep, copy or share, wherever the command is run from.
+
+The root is `--store`, else $GANSWEEP_STORE, else the folder of a sqlite `--tracking-uri` / $MLFLOW_TRACKING_URI,
+else ./mlruns. `--tracking-uri` and `--storage` still replace the MLflow or the Optuna part on their own (a
+tracking server, a PostgreSQL database). Commands that only read refuse a store that does not exist rather than
+create an empty one, and never write into it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gansweep.errors import GansweepError
+
+__all__ = ["Store", "resolve_store", "STORE_ENV", "DEFAULT_STORE", "DATABASE", "JOURNAL"]
+
+STORE_ENV = "GANSWEEP_STORE"
+DEFAULT_STORE = Path("mlruns")
+DATABASE = "mlflow.db"  # MLflow 3.17+ refuses a plain ./mlruns file store: its sqlite backend, in the root
+JOURNAL = "optuna.journal"  # a journal file: safe for several processes on one machine, nothing to start
+
+
+class StoreError(GansweepError):
+    """A store that is missing, unreadable or unwritable where the command needs it."""
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path  # absolute
+    tracking_uri: str  # MLflow; a sqlite URI is absolute, so it means the same from any working directory
+    storage: str  # Optuna: a URL, or the path of a journal file
+
+    @property
+    def database(self) -> Path | None:
+        """The MLflow sqlite file, when MLflow's part is one."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            return Path(self.tracking_uri.removeprefix("sqlite:///"))
+        return None
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def writable(self) -> bool:
+        """Whether MLflow's part can be written (sqlite also writes its journal beside the database); a tracking
+        server answers for itself."""
+        database = self.database
+        if database is None:
+            return True
+        if database.exists():
+            return os.access(database, os.W_OK) and os.access(database.parent, os.W_OK)
+        folder = next(p for p in database.parents if p.exists())
+        return folder.is_dir() and os.access(folder, os.W_OK)
+
+    def existing(self) -> Store:
+        """This store, for a command that only reads: refused when there is nothing to read."""
+        database = self.database
+        if database is not None and not database.is_file():
+            raise StoreError(f"no store at {database.parent} (no {database.name} there); run `gansweep study NAME` "
+                             f"or `gansweep train VARIANT` first, or point --store at the folder that holds it")
+        if database is not None and not os.access(database, os.R_OK):
+            raise StoreError(f"{database} is not readable")
+        return self
+
+    def for_writing(self) -> Store:
+        """This store, for a command that records results: refused up front when it cannot be written."""
+        if not self.writable():
+            raise StoreError(f"the store {self.root} cannot be written (read-only, or a file is in the way); "
+                             f"give --store a folder you can write")
+        return self
+
+    def optuna(self) -> Any:
+        """The Optuna storage, opened: a database URL connected, a journal file with its folder made."""
+        import optuna
+
+        if "://" in self.storage:
+            try:  # connects and makes Optuna's tables now, before anything of the study exists
+                return optuna.storages.RDBStorage(self.storage)
+            except Exception as e:  # a bad URL, a missing driver, an unreachable server: all the user's to fix
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise StoreError(f"cannot open the Optuna storage {self.storage}: {first}") from None
+        path = Path(self.storage)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        except OSError as e:
+            raise StoreError(f"cannot open the Optuna journal {path}: {e.strerror or e}") from None
+
+
+def resolve_store(store: str | None = None, tracking_uri: str | None = None, storage: str | None = None) -> Store:
+    """The store a command uses, from its options and the environment; nothing is created here."""
+    for name, value in (("--store", store), ("--tracking-uri", tracking_uri), ("--storage", storage)):
+        if value is not None and not value.strip():
+            raise StoreError(f"{name} must not be empty")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if uri is not None and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # made absolute once, here: MLflow keeps one engine per URI string, and a relative one would follow
+        # whatever the working directory is when it first connects
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    given_root = store or os.environ.get(STORE_ENV)
+    if given_root:
+        root = Path(given_root).expanduser().resolve()
+    elif uri is not None and uri.startswith("sqlite:///"):
+        root = Path(uri.removeprefix("sqlite:///")).parent
+    else:
+        root = DEFAULT_STORE.resolve()
+    if uri is None:
+        uri = f"sqlite:///{root / DATABASE}"
+    if uri.startswith("file:") or ("://" not in uri and uri != "databricks"):
+        raise StoreError(f"--tracking-uri {uri!r}: MLflow 3.17+ refuses a plain file store; use "
+                         f"sqlite:///PATH/mlflow.db, an http(s):// server, or --store DIR")
+    if storage is None:
+        storage = str(root / JOURNAL)
+    elif "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return Store(root, uri, storage)

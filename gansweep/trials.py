@@ -1,0 +1,257 @@
+"""The trials of one study: Optuna chooses each trial's parameters, gansweep trains it as an MLflow child run and
+tells Optuna and MLflow how it ended.
+
+A point whose trial fails is run again, at most `retries` times in one invocation, then left failed with its
+reason, so a value that cannot work costs a few runs and a line, never an endless queue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from optuna.trial import TrialState
+
+from gansweep.errors import GansweepError
+from gansweep.spec import StudySpec
+from gansweep.trainer import Hook, StopTraining, TrainState
+
+__all__ = ["TrialRunner", "LIVE"]
+
+# Trials that hold their work: done, or under way. Failed and interrupted ones give it back, to be run again.
+LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def _key(params: Mapping[str, Any]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+class TrialRunner:
+    """Runs trials of one study: asks Optuna for parameters, trains, and tells Optuna and MLflow how it ended."""
+
+    def __init__(self, spec: StudySpec, study: Any, client: Any, experiment: str, parent_id: str, data: Any,
+                 evaluator: Any, progress: bool, retries: int):
+        self.spec, self.study, self.client = spec, study, client
+        self.experiment, self.parent_id, self.data, self.progress = experiment, parent_id, data, progress
+        self.evaluator, self.retries = evaluator, retries
+        # failed trials in this invocation per ("point", params) of a grid, ("search", variant) or ("rerun", ...)
+        self.attempts: Counter[tuple] = Counter()
+        self.failed: dict[tuple, str] = {}  # point -> its latest failure, as a line for the summary
+
+    def run_grid(self, limit: int | None) -> int:
+        grid = self.spec.grid_points()
+        ran = 0
+        while limit is None or ran < limit:
+            trials = self.study.get_trials(deepcopy=False)
+            taken = {_key(t.params) for t in trials if t.state in LIVE}
+            remaining = [p for p in grid if _key(p) not in taken and not self._given_up(("point", _key(p)))]
+            if not remaining:
+                break
+            failed = {_key(t.params) for t in trials if t.state == TrialState.FAIL}
+            redo = [p for p in remaining if _key(p) in failed]
+            if redo:  # GridSampler counts a failed point as visited; ask for it again explicitly
+                self.study.enqueue_trial(redo[0])
+            trial = self.study.ask()
+            params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
+            for name, values in self.spec.space.items():
+                params[name] = trial.suggest_categorical(name, list(values))
+            params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
+            if self._stand_down_if_taken(trial, lambda other: _key(other.params) == _key(params), "point"):
+                continue
+            self._run(trial, params, len(grid), ("point", _key(params)))
+            ran += 1
+        return ran
+
+    def _given_up(self, key: tuple) -> bool:
+        return self.attempts[key] > self.retries
+
+    def _stand_down_if_taken(self, trial: Any, same: Callable[[Any], bool], what: str) -> bool:
+        """Two processes can be handed the same work at once (a grid's last point, a re-run); the trial with
+        the higher number stands down as a duplicate."""
+        for other in self.study.get_trials(deepcopy=False, states=LIVE):
+            if other.number < trial.number and same(other):
+                trial.set_user_attr("status", "duplicate")
+                trial.set_user_attr("reason", f"{what} already taken by trial {other.number}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                return True
+        return False
+
+    def run_sampled(self) -> int:
+        """The search: `trials` per variant, each trial given to the variant with the fewest so far, so every
+        variant gets the same budget. Then, with `best_seeds`, each variant's best parameters again per seed."""
+        spec, ran = self.spec, 0
+        total = (spec.trials or 0) * len(spec.variants) + len(spec.best_seeds) * len(spec.variants)
+        while (variant := self._next_search_variant()) is not None:
+            self.study.enqueue_trial({"variant": variant})
+            trial = self.study.ask()
+            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
+            for name, values in spec.space.items():
+                params[name] = _suggest(trial, name, values)
+            params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
+            trial.set_user_attr("seed", params["seed"])
+            trial.set_user_attr("phase", "search")
+            self._run(trial, params, total, ("search", variant))
+            ran += 1
+        for best, seed in self._reruns():
+            self.study.enqueue_trial(best.params)
+            trial = self.study.ask()
+            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
+            params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
+            for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
+                trial.set_user_attr(key, value)
+            if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
+                                         and other.params.get("variant") == params["variant"]
+                                         and other.user_attrs.get("seed") == seed, "re-run"):
+                continue
+            self._run(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
+            ran += 1
+        return ran
+
+    def _live(self, phase: str) -> list[Any]:
+        """Trials of a phase that count as done or under way (failed and interrupted ones are run again)."""
+        return [t for t in self.study.get_trials(deepcopy=False, states=LIVE) if t.user_attrs.get("phase") == phase]
+
+    def _next_search_variant(self) -> str | None:
+        counts = {v: 0 for v in self.spec.variants}
+        for t in self._live("search"):
+            counts[t.params.get("variant")] = counts.get(t.params.get("variant"), 0) + 1
+        open_variants = [v for v in self.spec.variants if not self._given_up(("search", v))]
+        if not open_variants:
+            return None
+        variant = min(open_variants, key=lambda v: counts[v])
+        return variant if counts[variant] < (self.spec.trials or 0) else None
+
+    def _reruns(self) -> list[tuple[Any, int]]:
+        """(best search trial, seed) for every variant and best seed not yet re-run (nor given up)."""
+        if not self.spec.best_seeds:
+            return []
+        search = [t for t in self._live("search") if t.state == TrialState.COMPLETE]
+        done = {(t.params.get("variant"), t.user_attrs.get("seed")) for t in self._live("rerun")}
+        todo = []
+        for variant in self.spec.variants:
+            finished = [t for t in search if t.params.get("variant") == variant]
+            if not finished:
+                continue
+            sign = 1 if self.spec.objective.direction == "minimize" else -1
+            best = min(finished, key=lambda t: sign * t.value)
+            todo += [(best, seed) for seed in self.spec.best_seeds
+                     if (variant, seed) not in done and not self._given_up(("rerun", variant, seed))]
+        return todo
+
+    def failures(self) -> tuple[str, ...]:
+        """One line per grid point that failed in this invocation and has no finished or running trial now, and
+        per search variant or re-run given up after its retries."""
+        live = {("point", _key(t.params)) for t in self.study.get_trials(deepcopy=False, states=LIVE)}
+        return tuple(line for key, line in self.failed.items()
+                     if (key not in live if key[0] == "point" else self._given_up(key)))
+
+    def _run(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> None:
+        from gansweep.runs import tracked_training
+        from gansweep.variants import get_variant
+
+        spec = self.spec
+        variant = get_variant(params["variant"])
+        swept = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in params.items() if k != "variant")
+        run = self.client.create_run(self.experiment, run_name=f"{trial.number:03d} {variant.name} {swept}", tags={
+            "mlflow.parentRunId": self.parent_id, "gansweep.study": spec.name, "gansweep.role": "trial",
+            "gansweep.optuna_study": self.study.study_name, "gansweep.trial": str(trial.number),
+            "gansweep.variant": variant.name, "gansweep.dataset": spec.dataset,
+            "gansweep.seed": str(params["seed"])})
+        run_id = run.info.run_id
+        trial.set_user_attr("mlflow_run_id", run_id)
+        label = f"trial {trial.number + 1}/{total} {variant.name} {swept}"
+        extra = {"study": spec.name, "trial": trial.number, "budget_unit": spec.budget_unit,
+                 "objective": spec.objective.key, **{f"swept.{k}": v for k, v in params.items()}}
+        hooks: list[Hook] = [_OptunaReport(trial, spec.objective.key, spec.pruner)]
+        if spec.collapse_window:
+            hooks.append(_CollapseStop(spec.collapse_window))
+        try:
+            config = variant.config(**spec.changes(params))
+            result = tracked_training(self.client, run_id, variant, config, self.data, self.evaluator,
+                                      spec.objective.metric, extra, hooks, label if self.progress else None)
+        except KeyboardInterrupt:
+            self._end(trial, run_id, "interrupted", "interrupted by the user")
+            raise
+        except GansweepError as e:
+            self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})", str(e))
+            return
+        except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then shown in full
+            self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})",
+                       f"{type(e).__name__}: {e}".splitlines()[0])
+            raise
+        for name, value in result.scores.items():
+            if name.startswith("score/"):
+                trial.set_user_attr(f"final.{name.removeprefix('score/')}", value)
+        for name, note in result.notes.items():
+            trial.set_user_attr(name, note)
+        for attr, value in (("status", result.status), ("reason", result.reason), ("epochs", result.epochs),
+                            ("g_steps", result.steps), ("images_seen", result.images_seen),
+                            ("wall_time_s", round(result.wall_time_s, 2))):
+            trial.set_user_attr(attr, value)
+        objective = result.scores.get(spec.objective.key)
+        if result.status == "finished" and objective is not None and math.isfinite(objective):
+            self.study.tell(trial, objective)
+        else:  # pruned, diverged, collapsed: a finished point of the grid, with its reason, never re-run
+            self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _fail(self, trial: Any, run_id: str, key: tuple, what: str, reason: str) -> None:
+        self.attempts[key] += 1
+        tries = self.attempts[key]
+        self.failed[key] = f"{what} failed {tries} time(s): {reason}"
+        self._end(trial, run_id, "failed", reason)
+
+    def _end(self, trial: Any, run_id: str, status: str, reason: str) -> None:
+        from gansweep.tracking import end_run
+
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("reason", reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            end_run(self.client, run_id, status, reason)
+
+
+def _suggest(trial: Any, name: str, values: Any) -> Any:
+    if not isinstance(values, Mapping):
+        return trial.suggest_categorical(name, list(values))
+    low, high, log = values["low"], values["high"], bool(values.get("log", False))
+    if isinstance(low, int) and isinstance(high, int) and not log:
+        return trial.suggest_int(name, low, high)
+    return trial.suggest_float(name, float(low), float(high), log=log)
+
+
+class _OptunaReport(Hook):
+    """Reports the objective to Optuna after every epoch and stops the trial when Optuna's pruner says so."""
+
+    def __init__(self, trial: Any, key: str, pruner: str):
+        self.trial, self.key, self.pruner = trial, key, pruner
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        value = state.scores.get(self.key)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, state.epoch)
+        if self.trial.should_prune():
+            raise StopTraining("pruned", f"{self.pruner} pruner: {self.key} {value:.4g} at epoch {state.epoch}")
+
+
+class _CollapseStop(Hook):
+    """Ends a trial whose class coverage, once it reached MODE_COLLAPSE_COVERAGE, stays below it for `window`
+    evaluations in a row."""
+
+    def __init__(self, window: int):
+        self.window, self.run, self.peak = window, 0, 0.0
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        from gansweep.evaluation import MODE_COLLAPSE_COVERAGE, collapsed
+
+        coverage = state.scores.get("score/coverage")
+        if coverage is None:
+            return
+        self.run = self.run + 1 if collapsed(self.peak, coverage) else 0
+        self.peak = max(self.peak, coverage)
+        if self.run >= self.window:
+            raise StopTraining("collapsed", f"mode collapse: coverage {coverage:.2f} < {MODE_COLLAPSE_COVERAGE} "
+                                            f"for {self.window} evaluations, up to epoch {state.epoch}")
