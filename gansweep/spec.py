@@ -164,13 +164,13 @@ def _check_spec(spec: StudySpec) -> None:
         cases = [{}] + [{key: v} for key, vs in values.items() for v in vs]
         cases += [{"seed": s} for s in (*spec.seeds, *spec.best_seeds)]
         for case in cases:
-            where = next(iter(case), "config")
+            where = next(iter(case), None)  # None: the file's fixed values, [config] and budget keys
             try:
                 config = get_variant(variant).config(**spec.changes({"variant": variant, **case}))
                 g_steps_per_epoch(config, source.n_train)
             except ConfigError as e:
-                key = f"space.{where}" if where in values else where
-                raise ConfigError(f"{key}: {e} (variant {variant})") from None
+                key = "" if where is None else f"space.{where}: " if where in values else f"{where}s: "
+                raise ConfigError(f"{key}{e} (variant {variant})") from None
 
 
 def _unique(key: str, values: tuple[Any, ...]) -> None:
