@@ -477,3 +477,31 @@ def test_an_unreachable_storage_is_refused_before_anything_is_created(here):
     assert_refused(invoke("study", "tiny", "--device", "cpu", "--storage", "postgresql://nobody@127.0.0.1:9/x"),
                    "cannot open the Optuna storage postgresql://nobody@127.0.0.1:9/x")
     assert not (here / "mlruns").exists()
+
+
+OPTION_VALUES = st.one_of(st.sampled_from(["0", "-1", "nan", "inf", "-inf", "1e300", "", " ", "x", "0.5", "2",
+                                           "1e-3", "99999999999"]), st.text(max_size=4),
+                          st.integers(-5, 10**12).map(str), st.floats(allow_nan=True).map(str))
+TRAIN_OPTIONS = ["--epochs", "--batch-size", "--lr", "--lr-g", "--lr-d", "--dropout", "--label-smoothing",
+                 "--n-critic", "--seed", "--n-eval", "--device", "--dataset", "--experiment"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(TRAIN_OPTIONS), value=OPTION_VALUES)
+def test_fuzzed_train_options_end_in_one_line_or_a_finished_run(here, option, value):
+    """Whatever one option holds, `gansweep train` either refuses it in one line (exit 2, nothing created) or
+    trains a short run to its end (exit 0, or 1 when it diverged): never a traceback, never a RUNNING run."""
+    budget = {"--epochs": "1", "--batch-size": "2000", "--n-eval": "200", "--device": "cpu"}
+    budget.pop(option, None)
+    args = [a for pair in budget.items() for a in pair]
+    store = here / f"store-{abs(hash((option, value)))}"
+    result = invoke("train", "gan", *args, option, value, "--store", store)
+    if result.exit_code == 2:
+        assert_refused(result)
+        assert not store.exists()
+        return
+    assert result.exit_code in (0, 1) and result.exception is None or isinstance(result.exception, SystemExit), \
+        result.output
+    client = MlflowClient(resolve_store(str(store)).tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
