@@ -14,6 +14,7 @@ import click
 
 from gansweep import __version__
 from gansweep.errors import GansweepError
+from gansweep.store import Store, resolve_store  # light: no torch, mlflow or optuna
 
 __all__ = ["main"]
 
@@ -82,11 +83,9 @@ def _store_options(command: Any) -> Any:
                                                       "journal [env GANSWEEP_STORE, else ./mlruns].")(command)
 
 
-def _reading(store: str | None, tracking_uri: str | None) -> str:
-    """The MLflow URI of a store that exists, for a command that only reads it."""
-    from gansweep.store import resolve_store
-
-    return resolve_store(store, tracking_uri).existing().tracking_uri
+def _reading(store: str | None, tracking_uri: str | None) -> Store:
+    """The store, which must exist, of a command that only reads it."""
+    return resolve_store(store, tracking_uri).existing()
 
 
 @main.command()
@@ -112,7 +111,6 @@ def train(variant: str, dataset: str, data_root: str | None, store: str | None, 
     """Train one VARIANT at its defaults, changed by the options given, as a new MLflow run."""
     from gansweep.config import DataConfig
     from gansweep.runs import run_training
-    from gansweep.store import resolve_store
     from gansweep.tracking import experiment_url
 
     data_config = DataConfig(dataset=dataset, **({"data_root": data_root} if data_root else {}))
@@ -191,7 +189,7 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
 
     if not 1 <= port <= 65535 or not 1 <= workers <= 64:
         raise InputError(f"--port must be in [1, 65535] and --workers in [1, 64], got {port} and {workers}")
-    uri = _reading(store, tracking_uri)
+    uri = _reading(store, tracking_uri).tracking_uri
     if uri.startswith(("http://", "https://")):
         raise InputError(f"{uri} is a tracking server already; open it in a browser")
     for experiment in client_for(uri, create=False).search_experiments():
@@ -241,7 +239,7 @@ def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: P
            store: str | None, tracking_uri: str | None) -> None:
     """Draw a grid of images from the checkpoint of the tracked run RUN_ID."""
     from gansweep.generate import sample_run
-    uri = _reading(store, tracking_uri)
+    uri = _reading(store, tracking_uri).tracking_uri
     run_id = _run_id(run_id, best, uri)
     path = sample_run(run_id, out or Path(f"samples-{run_id[:8]}.png"), uri, n=n, label=label, seed=seed,
                       which=which)
@@ -257,7 +255,7 @@ def interpolate(run_id: str, steps: int, pairs: int, seed: int, which: str, out:
                 store: str | None, tracking_uri: str | None) -> None:
     """Rows of latent interpolations from the checkpoint of RUN_ID (and between classes, if conditional)."""
     from gansweep.generate import interpolate_run
-    uri = _reading(store, tracking_uri)
+    uri = _reading(store, tracking_uri).tracking_uri
     run_id = _run_id(run_id, best, uri)
     path = interpolate_run(run_id, out or Path(f"interpolation-{run_id[:8]}.png"), uri, steps=steps, pairs=pairs,
                            seed=seed, which=which)
@@ -272,10 +270,8 @@ def interpolate(run_id: str, steps: int, pairs: int, seed: int, which: str, out:
 def report(study: str, out: Path | None, store: str | None, tracking_uri: str | None) -> None:
     """Write the report of STUDY (plots, contact sheet, report.html/.md) and log it to the study's parent run."""
     from gansweep.report import write_report
-    from gansweep.store import resolve_store
 
-    found = resolve_store(store, tracking_uri).existing()
-    outcome = write_report(found, study, out)
+    outcome = write_report(_reading(store, tracking_uri), study, out)
     logged = (f"also under report/ in parent run {outcome.parent_run_id}" if outcome.logged
               else "the store is read-only: not logged to the parent run")
     click.echo(f"{outcome.directory / 'report.html'}  ({len(outcome.files)} files; {logged})")
@@ -295,9 +291,8 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
              log_to_run: bool, best: bool, store: str | None, tracking_uri: str | None) -> None:
     """Score the checkpoint of the tracked run RUN_ID again, beside the real-data floor of each score."""
     from gansweep.generate import evaluate_run
-    from gansweep.store import resolve_store
 
-    found = resolve_store(store, tracking_uri).existing()
+    found = _reading(store, tracking_uri)
     if log_to_run:
         found.for_writing()
     uri = found.tracking_uri
@@ -330,7 +325,7 @@ def export(study: str | None, experiment: str | None, fmt: str, out: Path | None
         refuse_existing(out)
     names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
     by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
-    text = render(export_table(_reading(store, tracking_uri), study, experiment, names, by), fmt)
+    text = render(export_table(_reading(store, tracking_uri).tracking_uri, study, experiment, names, by), fmt)
     if out is None:
         click.echo(text, nl=False)
         return

@@ -22,7 +22,8 @@ from gansweep.metrics import (class_coverage, classifier_score, conditional_accu
 from gansweep.trainer import Hook, StopTraining, TrainState
 
 __all__ = ["Score", "SCORES", "N_EVAL", "eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED",
-           "MODE_COLLAPSE_COVERAGE", "collapsed", "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples"]
+           "MODE_COLLAPSE_COVERAGE", "collapsed", "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples", "MAX_EVAL",
+           "check_eval_size"]
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,23 @@ SCORES: dict[str, Score] = {s.name: s for s in (
 )}
 
 N_EVAL = {"cpu": 2000, "cuda": 10000}  # images per evaluation, bounded by the held-out split
+MAX_EVAL = 100_000  # the most images an evaluation may be asked for; every split here is smaller anyway
 EVAL_NOISE_SEED = 4321  # the same evaluation noise every epoch, so a score's change is G's change
 KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0
 MODE_COLLAPSE_COVERAGE = 0.5  # below this coverage a run is tagged mode_collapse (5 of 10 classes missing)
 
 
+def check_eval_size(requested: int | None, name: str) -> None:
+    """The one rule for a requested evaluation size (None: the device's default), checked before data load."""
+    if requested is not None and not 2 <= requested <= MAX_EVAL:
+        raise ConfigError(f"{name} must be in [2, {MAX_EVAL}], got {requested!r}")
+
+
 def eval_size(requested: int | None, data: Dataset) -> int:
     """Images per evaluation: as asked (else the device's default), at most the held-out and train splits."""
+    check_eval_size(requested, "n_eval")
     device = data.test_images.device.type
     n = requested if requested is not None else N_EVAL.get(device, N_EVAL["cpu"])
-    if n < 2:
-        raise ConfigError(f"an evaluation needs at least 2 images, got {n}")
     return min(n, len(data.test_images), len(data.train_images))
 
 

@@ -127,12 +127,10 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
     from gansweep.classifier import get_classifier
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
-    from gansweep.evaluation import Evaluator, eval_inputs, parzen as parzen_scores
-    from gansweep.spec import MAX_EVAL
+    from gansweep.evaluation import Evaluator, check_eval_size, eval_inputs, parzen as parzen_scores
     from gansweep.trainer import resolve_device
 
-    if n_eval is not None and not 2 <= n_eval <= MAX_EVAL:
-        raise ConfigError(f"n must be in [2, {MAX_EVAL}], got {n_eval}")
+    check_eval_size(n_eval, "n")
     if which not in CHECKPOINTS:
         raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     torch_device = resolve_device(device)

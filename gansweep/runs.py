@@ -16,7 +16,7 @@ from gansweep.checkpoint import CheckpointHook
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset
 from gansweep.errors import ConfigError
-from gansweep.evaluation import SCORES, Evaluator, ScoreHook
+from gansweep.evaluation import SCORES, Evaluator, ScoreHook, check_eval_size
 from gansweep.samples import SampleGridHook
 from gansweep.store import Store
 from gansweep.trainer import Hook, TrainResult, train
@@ -77,7 +77,6 @@ def run_training(variant_name: str, data_config: DataConfig, store: Store, exper
     the device, the data and the store are checked before the run is created."""
     from gansweep.classifier import get_classifier
     from gansweep.data import get_source, load_dataset
-    from gansweep.spec import MAX_EVAL
     from gansweep.trainer import g_steps_per_epoch, resolve_device
     from gansweep.tracking import client_for, experiment_id
     from gansweep.variants import get_variant
@@ -85,8 +84,7 @@ def run_training(variant_name: str, data_config: DataConfig, store: Store, exper
     variant = get_variant(variant_name)
     config = variant.config(**changes)
     g_steps_per_epoch(config, get_source(data_config.dataset).n_train)
-    if n_eval is not None and not 2 <= n_eval <= MAX_EVAL:
-        raise ConfigError(f"--n-eval must be in [2, {MAX_EVAL}], got {n_eval}")
+    check_eval_size(n_eval, "--n-eval")
     if experiment is not None and not experiment.strip():
         raise ConfigError("--experiment must not be empty")
     device = resolve_device(config.device)

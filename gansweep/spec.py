@@ -20,14 +20,13 @@ from gansweep.config import MAX_SEED, TrainConfig, check_types, field_names
 from gansweep.errors import ConfigError, UnknownNameError
 
 __all__ = ["StudySpec", "Objective", "load_spec", "SAMPLERS", "PRUNERS", "BUDGET_UNITS", "BUDGET_KEYS",
-           "MAX_TRIALS", "MAX_EVAL"]
+           "MAX_TRIALS"]
 
 SAMPLERS = ("grid", "tpe", "random")
 PRUNERS = ("none", "median", "hyperband")
 BUDGET_UNITS = ("images",)
 BUDGET_KEYS = ("epochs", "batch_size")  # top-level keys of a study file that are also TrainConfig fields
 MAX_TRIALS = 100_000
-MAX_EVAL = 100_000  # images per evaluation; a split is smaller anyway
 _SPECIAL_AXES = ("beta1",)  # swept names that are not TrainConfig fields as they stand
 _RENAMED = {"saturation_window": "a saturated D now ends every trial as diverged: set [config] divergence_window "
                                  "(G steps; 0 turns it off)"}
@@ -109,6 +108,7 @@ class StudySpec:
 def _check_spec(spec: StudySpec) -> None:
     """Every rule a study must meet, for every variant it names and every value it can give a trial."""
     from gansweep.data import get_source
+    from gansweep.evaluation import check_eval_size
     from gansweep.trainer import g_steps_per_epoch
     from gansweep.variants import get_variant
 
@@ -135,11 +135,11 @@ def _check_spec(spec: StudySpec) -> None:
               f"must be in [1, {MAX_TRIALS}] for a {spec.sampler} search"),
              ("seeds", len(spec.seeds) >= 1, "needs at least one seed"),
              ("best_seeds", spec.sampler != "grid" or not spec.best_seeds, "is only for tpe/random searches"),
-             ("n_eval", spec.n_eval is None or 2 <= spec.n_eval <= MAX_EVAL, f"must be in [2, {MAX_EVAL}]"),
              ("collapse_window", 0 <= spec.collapse_window <= 1000, "must be in [0, 1000] (0: off)")]
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {getattr(spec, key)!r}")
+    check_eval_size(spec.n_eval, "n_eval")
     for key in ("seeds", "best_seeds"):
         _unique(key, getattr(spec, key))
         for seed in getattr(spec, key):
