@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,23 +18,39 @@ from gansweep.errors import GansweepError
 from gansweep.trainer import Hook, TrainState, first_non_finite
 from gansweep.variants import Variant, get_variant
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointHook"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointHook", "sha256"]
 
-CHECKPOINT_FORMAT = 1  # raise when the layout below changes, so that old files are refused with a clear reason
+CHECKPOINT_FORMAT = 2  # raise when the layout below changes, so that old files are refused with a clear reason
+READABLE_FORMATS = (1, 2)  # format 1 lacks what resuming needs; its generator still samples
 
 
-def save_checkpoint(state: TrainState, path: Path) -> Path:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(state: TrainState, path: Path, resumable: bool = True) -> Path:
+    """Write `path` atomically. A resumable checkpoint holds everything the run needs to go on exactly as if
+    never stopped (networks, optimizers, RNGs, counters, every hook's state); the other kind holds only the
+    generator and what it needs to be rebuilt, for sampling and scoring."""
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT, "resumable": resumable,
         "variant": state.variant.name,
         "config": state.config.to_dict(),
         "data": state.data.to_dict(),
         "epoch": state.epoch, "step": state.step, "d_steps": state.d_steps, "images_seen": state.images_seen,
-        "g": state.g.state_dict(), "d": state.d.state_dict(),
-        "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "loop": state.rng.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "g": state.g.state_dict(),
     }
+    if resumable:
+        payload.update({
+            "d": state.d.state_dict(), "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "loop": state.rng.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "resume": state.resume,
+        })
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -55,19 +73,23 @@ class Checkpoint:
         return self.variant.conditioning_part.n_classes(self.data.n_classes)
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """The checkpoint's generator, rebuilt; a file that is missing, foreign, of another format or holding
-    non-finite weights (nothing can be sampled or scored from those) is refused with one line."""
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", expected_sha256: str | None = None) -> Checkpoint:
+    """The checkpoint's generator, rebuilt; a file that is missing, foreign, of another format, not the one
+    its run recorded (`expected_sha256`: truncated or altered) or holding non-finite weights (nothing can be
+    sampled or scored from those) is refused with one line."""
     if not path.is_file():
         raise GansweepError(f"no checkpoint at {path}")
+    if expected_sha256 is not None and sha256(path) != expected_sha256:
+        raise GansweepError(f"{path.name} is not the checkpoint its run recorded (SHA-256 differs: truncated or "
+                            f"altered since it was written); try the run's other checkpoint")
     try:
         raw = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not how pickle failed
         raise GansweepError(f"{path} is not a readable gansweep checkpoint ({type(e).__name__})") from None
-    if raw.get("format") != CHECKPOINT_FORMAT:
+    if raw.get("format") not in READABLE_FORMATS:
         raise GansweepError(f"{path} has checkpoint format {raw.get('format')!r}; "
-                            f"this gansweep reads format {CHECKPOINT_FORMAT}")
-    bad = first_non_finite({f"{net}.{name}": t for net in ("g", "d") for name, t in raw[net].items()})
+                            f"this gansweep reads formats {', '.join(map(str, READABLE_FORMATS))}")
+    bad = first_non_finite({f"{net}.{name}": t for net in ("g", "d") for name, t in raw.get(net, {}).items()})
     if bad is not None:
         raise GansweepError(f"{path} holds non-finite values in tensor {bad} (damaged, or saved by a run that had "
                             f"diverged): nothing can be sampled or scored from it; try --checkpoint best or last")
@@ -81,10 +103,30 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
 
 
 class CheckpointHook(Hook):
-    """Replaces `checkpoint.pt` after every epoch; the previous one stays intact until the new one is whole."""
+    """Replaces `last.pt` at every checkpoint (each epoch's end) with a resumable checkpoint, and writes
+    `best.pt` (the generator alone) whenever the objective improves; either file stays intact until its
+    successor is whole. `on_saved(paths)` is told which files changed, to copy them where they are kept."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, directory: Path, objective: str, minimize: bool,
+                 on_saved: Callable[[TrainState, list[Path]], None] | None = None):
+        self.directory, self.objective, self.minimize, self.on_saved = directory, objective, minimize, on_saved
+        self.best: float | None = None
+        self.best_epoch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.best, self.best_epoch = saved["best"], saved["best_epoch"]
 
     def on_epoch_end(self, state: TrainState) -> None:
-        save_checkpoint(state, self.path)
+        value = state.scores.get(self.objective)
+        if value is not None and (self.best is None or (value < self.best if self.minimize else value > self.best)):
+            self.best, self.best_epoch = value, state.epoch
+
+    def on_checkpoint(self, state: TrainState) -> None:
+        saved = [save_checkpoint(state, self.directory / "last.pt")]
+        if self.best_epoch == state.epoch:
+            saved.append(save_checkpoint(state, self.directory / "best.pt", resumable=False))
+        if self.on_saved is not None:
+            self.on_saved(state, saved)

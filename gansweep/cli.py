@@ -146,7 +146,7 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     """Run (or continue) the study NAME (gansweep list studies); every trial is an MLflow child run."""
     from gansweep.catalog import find_spec
     from gansweep.spec import load_spec
-    from gansweep.study import StudyOptions, format_table, run_study, seed_spread
+    from gansweep.study import StudyOptions, Terminated, format_table, run_study, seed_spread
     from gansweep.tracking import experiment_url
 
     try:
@@ -156,9 +156,15 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     spec = load_spec(find_spec(name))
     try:
         outcome = run_study(spec, StudyOptions(variants=variants or None, seeds=seed_list, **options))
-    except KeyboardInterrupt:
-        click.echo("interrupted: finished trials are kept; run the same command to continue", err=True)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:
+        click.echo(f"{e or 'interrupted'}: finished trials are kept; run the same command to continue", err=True)
+        raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
+    except Exception as e:
+        if not _disk_full(e):
+            raise
+        click.echo(f"the store's disk is full ({_first_line(e)}): finished trials and every trial's last "
+                   f"checkpoint are kept; free some space and run the same command to continue", err=True)
+        raise SystemExit(1) from None
     click.echo(format_table(outcome.table))
     spread = seed_spread(outcome.table, outcome.spec)
     if not spread.empty:
@@ -172,6 +178,22 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
         click.echo(f"{len(outcome.failed)} point(s) failed and were given up for now; run the study again to "
                    f"retry them. " + " | ".join(outcome.failed), err=True)
         raise SystemExit(1)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """A full disk, however it surfaced: an OSError, or a database that says so (sqlite through MLflow)."""
+    import errno
+
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if e is not None and "database or disk is full" in str(e):
+            return True
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 @main.command()

@@ -130,6 +130,12 @@ class ScoreHook(Hook):
         self.evaluator = evaluator
         self.peak = 0.0  # the best coverage so far
 
+    def state_dict(self) -> dict[str, float]:
+        return {"peak": self.peak}
+
+    def load_state_dict(self, saved: dict[str, float]) -> None:
+        self.peak = saved["peak"]
+
     def on_start(self, state: TrainState) -> None:
         self.z, self.labels = eval_inputs(self.evaluator.n, state.config.z_dim, state.data.n_classes,
                                           state.conditional, state.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gansweep.atomic import refuse_existing
-from gansweep.checkpoint import load_checkpoint
+from gansweep.checkpoint import Checkpoint, load_checkpoint
 from gansweep.errors import ConfigError, GansweepError
 from gansweep.nets import generate
 from gansweep.samples import grid_columns, save_grid
@@ -38,7 +39,7 @@ def sample_run(run_id: str, out: Path, tracking_uri: str, n: int = 64, label: in
     _check_picture(which, seed)
     if not 1 <= n <= MAX_IMAGES:
         raise ConfigError(f"n must be in [1, {MAX_IMAGES}], got {n}")
-    checkpoint = load_checkpoint(_download(run_id, which, tracking_uri))
+    checkpoint = _run_checkpoint(run_id, which, tracking_uri)
     n_classes = checkpoint.n_classes
     if label is not None and (not n_classes or not 0 <= label < n_classes):
         raise ConfigError(f"label must be in [0, {n_classes}) for {checkpoint.variant.name}, got {label}"
@@ -60,7 +61,7 @@ def interpolate_run(run_id: str, out: Path, tracking_uri: str, steps: int = 10, 
     _check_picture(which, seed)
     if not 2 <= steps <= MAX_STEPS or not 1 <= pairs <= MAX_STEPS:
         raise ConfigError(f"steps must be in [2, {MAX_STEPS}] and pairs in [1, {MAX_STEPS}], got {steps} and {pairs}")
-    checkpoint = load_checkpoint(_download(run_id, which, tracking_uri))
+    checkpoint = _run_checkpoint(run_id, which, tracking_uri)
     rng = torch.Generator().manual_seed(seed)
     z_dim, n_classes = checkpoint.config.z_dim, checkpoint.n_classes
     start, end = torch.randn(pairs, z_dim, generator=rng), torch.randn(pairs, z_dim, generator=rng)
@@ -95,17 +96,16 @@ def best_run(tracking_uri: str, study: str) -> str:
     return str(best_row(table, metric, direction)["run_id"])
 
 
-def _download(run_id: str, which: str, tracking_uri: str) -> Path:
-    """The run's checkpoints/{which}.pt as a local file (MLflow caches it in a temporary folder)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def _run_checkpoint(run_id: str, which: str, tracking_uri: str, device: torch.device | str = "cpu") -> Checkpoint:
+    """The run's checkpoints/{which}.pt, checked against the SHA-256 its run recorded and loaded; the download
+    goes to a temporary folder that is gone when this returns."""
+    from gansweep.resume import fetch_checkpoint
+    from gansweep.tracking import client_for
 
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{which}.pt",
-                                                        tracking_uri=tracking_uri))
-    except (MlflowException, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GansweepError(f"no {which} checkpoint for run {run_id!r} in {tracking_uri} ({first})") from None
+    client = client_for(tracking_uri, create=False)
+    with tempfile.TemporaryDirectory(prefix="gansweep-checkpoint-") as directory:
+        path, recorded = fetch_checkpoint(client, run_id, f"{which}.pt", Path(directory))
+        return load_checkpoint(path, device, recorded)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
     if which not in CHECKPOINTS:
         raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     torch_device = resolve_device(device)
-    checkpoint = load_checkpoint(_download(run_id, which, tracking_uri), torch_device)
+    checkpoint = _run_checkpoint(run_id, which, tracking_uri, torch_device)
     data = load_dataset(DataConfig(dataset=checkpoint.data.name, **({"data_root": data_root} if data_root else {})),
                         torch_device)
     if data.record.checksum != checkpoint.data.checksum:

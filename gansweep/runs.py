@@ -6,6 +6,8 @@ whichever started it.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,36 +32,58 @@ TRAIN_OBJECTIVE = "fid_proxy"  # what "best" means for the best.pt checkpoint of
 
 def tracked_training(client: Any, run_id: str, variant: Variant, config: TrainConfig, data: Dataset,
                      evaluator: Evaluator, objective: str, extra_params: dict[str, Any],
-                     hooks: Sequence[Hook] = (), label: str | None = None) -> TrainResult:
-    """Train into the existing MLflow run `run_id`; sample grids and checkpoints pass through a temporary folder
-    on their way to the run's artifacts. `hooks` come after the standard ones (they see this epoch's scores)."""
+                     hooks: Sequence[Hook] = (), label: str | None = None,
+                     resume: dict[str, Any] | None = None) -> TrainResult:
+    """Train into the existing MLflow run `run_id` (from `resume`, a resumable checkpoint of that run, when
+    given); sample grids and checkpoints pass through a temporary folder on their way to the run's artifacts.
+    `hooks` come after the standard ones (they see this epoch's scores)."""
     from gansweep.progress import ProgressHook
     from gansweep.tracking import MlflowHook
 
-    with tempfile.TemporaryDirectory(prefix="gansweep-run-") as work_dir:
+    _remove_dead_work_dirs()
+    with tempfile.TemporaryDirectory(prefix=f"{_WORK_PREFIX}{os.getpid()}-") as work_dir:
         work = Path(work_dir)
+        tracking = MlflowHook(client, run_id, work, f"score/{objective}", {**evaluator.params(), **extra_params})
         standard: list[Hook] = [
-            ScoreHook(evaluator), SampleGridHook(work / "samples"), CheckpointHook(work / "checkpoints" / "last.pt"),
-            MlflowHook(client, run_id, work, f"score/{objective}", SCORES[objective].direction,
-                       {**evaluator.params(), **extra_params})]
+            ScoreHook(evaluator), SampleGridHook(work / "samples"),
+            CheckpointHook(work / "checkpoints", f"score/{objective}", SCORES[objective].direction == "minimize",
+                           tracking.checkpoints_saved), tracking]
         progress = [ProgressHook(label)] if label else []
         try:
-            return train(variant, config, data, [*standard, *hooks, *progress])
+            if resume is not None:  # the grids of the epochs before, for the run's GIF
+                client.download_artifacts(run_id, "samples", str(work))
+            return train(variant, config, data, [*standard, *hooks, *progress], resume)
         except BaseException as e:
             _end_if_running(client, run_id, e)
             raise
+
+
+_WORK_PREFIX = "gansweep-run-"
+
+
+def _remove_dead_work_dirs() -> None:
+    """A killed process cannot remove its temporary folder (sample grids, a checkpoint not yet copied to its
+    run); the next run on the machine does, for every such folder whose process is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_WORK_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_WORK_PREFIX).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder.stat().st_uid == os.getuid():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _end_if_running(client: Any, run_id: str, error: BaseException) -> None:
     """A run that training left open (an error before its hooks could end it) is ended with the error."""
     from gansweep.tracking import end_run
 
-    if client.get_run(run_id).info.status != "RUNNING":
-        return
-    if isinstance(error, KeyboardInterrupt):
-        end_run(client, run_id, "interrupted", "interrupted by the user")
-    else:
-        end_run(client, run_id, "failed", (str(error).strip().splitlines() or [type(error).__name__])[0])
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        reason = (str(error).strip().splitlines() or [""])[0]
+        if isinstance(error, KeyboardInterrupt):
+            end_run(client, run_id, "interrupted", reason or "interrupted by the user")
+        else:
+            end_run(client, run_id, "failed", reason or type(error).__name__)
+    except Exception:  # the store cannot take it now (a full disk): the caller's error is what the user sees
+        pass
 
 
 @dataclass(frozen=True)

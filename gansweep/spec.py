@@ -68,13 +68,15 @@ class StudySpec:
     budget_unit: str = "images"  # images seen by D: `epochs` passes over the training split, whatever n_critic
     epochs: int = 5
     batch_size: int | None = None  # None: each variant's default
-    objective: Objective = Objective()
+    objective: Objective = field(default_factory=Objective)
     sampler: str = "grid"
     pruner: str = "none"  # sensitivity studies measure whole curves: a failure is a data point, not a gap
     collapse_window: int = 0  # evaluations in a row with coverage below MODE_COLLAPSE_COVERAGE that end a trial
     trials: int | None = None  # tpe/random: trials per variant, the same budget for each; a grid runs every point
     seeds: tuple[int, ...] = (0,)
     best_seeds: tuple[int, ...] = ()  # tpe/random: each variant's best parameters are re-run with these seeds
+    sampler_seed: int = 0  # the process that creates the study samples with it; others draw their own, so
+    # parallel workers and a resume do not repeat its points
     space: Mapping[str, Any] = field(default_factory=dict)  # name -> list of values, or {low, high, log}
     config: Mapping[str, Any] = field(default_factory=dict)  # fixed TrainConfig values for every trial
     n_eval: int | None = None  # images per evaluation; None: 2,000 on the CPU, 10,000 on CUDA, bounded by the split
@@ -135,7 +137,8 @@ def _check_spec(spec: StudySpec) -> None:
               f"must be in [1, {MAX_TRIALS}] for a {spec.sampler} search"),
              ("seeds", len(spec.seeds) >= 1, "needs at least one seed"),
              ("best_seeds", spec.sampler != "grid" or not spec.best_seeds, "is only for tpe/random searches"),
-             ("collapse_window", 0 <= spec.collapse_window <= 1000, "must be in [0, 1000] (0: off)")]
+             ("collapse_window", 0 <= spec.collapse_window <= 1000, "must be in [0, 1000] (0: off)"),
+             ("sampler_seed", 0 <= spec.sampler_seed <= MAX_SEED, f"must be in [0, {MAX_SEED}]")]
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {getattr(spec, key)!r}")

@@ -9,14 +9,22 @@ create an empty one, and never write into it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
 from gansweep.errors import GansweepError
 
-__all__ = ["Store", "resolve_store", "STORE_ENV", "DEFAULT_STORE", "DATABASE", "JOURNAL"]
+__all__ = ["Store", "resolve_store", "store_lock", "STORE_ENV", "DEFAULT_STORE", "DATABASE", "JOURNAL"]
 
 STORE_ENV = "GANSWEEP_STORE"
 DEFAULT_STORE = Path("mlruns")
@@ -77,18 +85,108 @@ class Store:
         """The Optuna storage, opened: a database URL connected, a journal file with its folder made."""
         import optuna
 
+        from gansweep.liveness import GRACE_S, HEARTBEAT_S
+
         if "://" in self.storage:
             try:  # connects and makes Optuna's tables now, before anything of the study exists
-                return optuna.storages.RDBStorage(self.storage)
+                return _rdb_storage(self.storage, HEARTBEAT_S, GRACE_S)
             except Exception as e:  # a bad URL, a missing driver, an unreachable server: all the user's to fix
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise StoreError(f"cannot open the Optuna storage {self.storage}: {first}") from None
         path = Path(self.storage)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+            return optuna.storages.JournalStorage(_MendingJournal(str(path)))
         except OSError as e:
             raise StoreError(f"cannot open the Optuna journal {path}: {e.strerror or e}") from None
+
+
+class _MendingJournal(JournalFileBackend):
+    """Optuna's journal file, which survives a torn last line.
+
+    A process that dies mid-write (killed, or a full disk) leaves a last line without its newline; Optuna would
+    glue the next write onto it, and every later read would fail. Before each write, under Optuna's own lock,
+    such a tail is copied to a backup beside the journal, cut off, and reported in one line.
+    """
+
+    def __init__(self, file_path: str):
+        super().__init__(file_path, JournalFileSymlinkLock(file_path))
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._lock.acquire()
+        try:
+            mend_journal(Path(self._file_path))
+        finally:
+            self._lock.release()
+        super().append_logs(logs)
+
+
+def mend_journal(path: Path) -> Path | None:
+    """Cut a torn last line off the journal at `path`, keeping a copy of the whole file; the copy, or None."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
+        keep, block = 0, 1 << 16
+        for end in range(size, 0, -block):  # the last newline, read backwards in blocks
+            start = max(end - block, 0)
+            f.seek(start)
+            found = f.read(end - start).rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+        backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        shutil.copyfile(path, backup)
+        f.truncate(keep)
+    print(f"warning: {path} ended in a torn line ({size - keep} bytes, left by a process that died mid-write); "
+          f"it was cut off and the whole file kept as {backup.name}", file=sys.stderr)
+    return backup
+
+
+_HELD: set[Path] = set()  # store locks this process holds: a step under the lock may call another one
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialises find-or-create steps of several processes on one local sqlite file (a file lock beside the
+    database); a database or tracking server orders its own requests, so other stores need none. Reentrant in a
+    process."""
+    path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    if not uri.startswith("sqlite:///") or path in _HELD:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _HELD.add(path)
+        try:
+            yield
+        finally:
+            _HELD.discard(path)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _rdb_storage(url: str, heartbeat_s: int, grace_s: int) -> Any:
+    """Optuna's RDBStorage, with heartbeats. Workers that open a new database together race to create its tables:
+    on one sqlite file they take turns (store_lock); on a server the loser of the race gets a unique-constraint
+    error and tries again, when the tables are there."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(_TABLE_RACE_TRIES):
+        try:
+            with store_lock(url):
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s)
+        except IntegrityError:
+            if attempt == _TABLE_RACE_TRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+_TABLE_RACE_TRIES = 5
 
 
 def resolve_store(store: str | None = None, tracking_uri: str | None = None, storage: str | None = None) -> Store:

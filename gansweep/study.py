@@ -6,20 +6,24 @@ finished (complete or pruned) trial are not run again, and points whose trial fa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import secrets
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 
-from gansweep.config import DEVICES, check_types
+from gansweep.config import DEVICES, MAX_SEED, check_types
 from gansweep.errors import ConfigError
 from gansweep.spec import MAX_TRIALS, StudySpec
-from gansweep.store import resolve_store
-from gansweep.tracking import experiment_id, study_parents
-from gansweep.trainer import resolve_device
-from gansweep.trials import TrialRunner
+from gansweep.store import resolve_store, store_lock
 
 __all__ = ["StudyOptions", "StudyOutcome", "run_study", "ranked_table", "seed_spread", "format_table", "RETRIES"]
 
@@ -95,7 +99,10 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
     from gansweep.evaluation import Evaluator
-    from gansweep.tracking import client_for, store_lock
+    from gansweep.liveness import Liveness
+    from gansweep.tracking import client_for
+    from gansweep.trainer import resolve_device
+    from gansweep.trials import TrialRunner
 
     spec = options.apply(spec)
     device = resolve_device(options.device)
@@ -108,30 +115,109 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     storage = database or store.optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = client_for(store.tracking_uri)
-    with store_lock(store.tracking_uri):  # two processes starting the same study at once share one parent run
-        parent = _continued_parent(client, spec, options)
-        if parent is None:
-            study_name = spec.name if not options.fresh else f"{spec.name}@{time.strftime('%Y%m%d-%H%M%S')}"
-            experiment = experiment_id(client, options.experiment or spec.name)
-            parent_id = _new_parent(client, experiment, spec, study_name)
-        else:
-            study_name, parent_id = parent.data.tags["gansweep.optuna_study"], parent.info.run_id
-            experiment = parent.info.experiment_id
-            client.update_run(parent_id, status="RUNNING")
+    with _sigterm_interrupts():
+        with store_lock(store.tracking_uri):  # two processes starting the same study at once share one parent
+            study, parent_id, experiment = _open_study(client, storage, spec, options)
+        try:
+            liveness = Liveness(storage, None if database is not None else Path(store.storage))
+            runner = TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress,
+                                 RETRIES, liveness)
+            ran = runner.run_grid(options.trials) if spec.sampler == "grid" else runner.run_sampled()
+            failed = runner.failures()
+        except BaseException as e:
+            _end_parent(client, parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+    _end_parent(client, parent_id, "FAILED" if failed else "FINISHED")  # FAILED: points are left to retry
+    return StudyOutcome(spec, study.study_name, store.storage, store.tracking_uri, experiment, parent_id,
+                        ranked_table(study, spec), ran, failed)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`), raised like Ctrl-C so the running trial is recorded as it ends."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("terminated by SIGTERM")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        study = optuna.create_study(study_name=study_name, storage=storage, sampler=_sampler(spec),
-                                    pruner=_pruner(spec), direction=spec.objective.direction, load_if_exists=True)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end_parent(client: Any, parent_id: str, status: str) -> None:
+    """The parent ends with this invocation; recording that may fail (a full disk, a server gone), and must
+    not hide why the invocation ended. A parent left RUNNING is taken over by the next invocation."""
+    try:
+        client.set_terminated(parent_id, status)
+    except Exception as e:
+        print(f"warning: could not record the parent run {parent_id} as {status}: "
+              f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+
+
+def _open_study(client: Any, storage: Any, spec: StudySpec, options: StudyOptions) -> tuple[Any, str, str]:
+    """The Optuna study, its parent run and experiment: continued, or new. Of several workers that start a new
+    study together, the one whose create_study succeeds makes the parent run; the others wait for it."""
+    parent = _continued_parent(client, spec, options)
+    if parent is not None:
+        name = parent.data.tags["gansweep.optuna_study"]
+    else:
+        name = spec.name if not options.fresh else f"{spec.name}@{time.strftime('%Y%m%d-%H%M%S')}"
+    study, created = _optuna_study(storage, spec, name)
+    if parent is None and not created:
+        parent = _awaited_parent(client, study)
+    if parent is None:
+        from gansweep.tracking import experiment_id
+
+        experiment = experiment_id(client, options.experiment or spec.name)
+        parent_id = _new_parent(client, experiment, spec, name)
         study.set_user_attr("mlflow_parent_run_id", parent_id)
         study.set_user_attr("mlflow_experiment_id", experiment)
-        runner = TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress, RETRIES)
-        ran = runner.run_grid(options.trials) if spec.sampler == "grid" else runner.run_sampled()
-    except BaseException as e:
-        client.set_terminated(parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-    failed = runner.failures()
-    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")  # FAILED: points are left to retry
-    return StudyOutcome(spec, study_name, store.storage, store.tracking_uri, experiment, parent_id,
-                        ranked_table(study, spec), ran, failed)
+        return study, parent_id, experiment
+    client.update_run(parent.info.run_id, status="RUNNING")
+    return study, parent.info.run_id, parent.info.experiment_id
+
+
+def _optuna_study(storage: Any, spec: StudySpec, name: str) -> tuple[Any, bool]:
+    """The study, and whether this process created it. The creator samples with the study's `sampler_seed`, so
+    a study run by one process is reproducible; every other process draws its own seed, so parallel workers
+    and a resume do not repeat the creator's points."""
+    from optuna.exceptions import DuplicatedStudyError
+
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(spec, spec.sampler_seed),
+                                    pruner=_pruner(spec), direction=spec.objective.direction)
+    except DuplicatedStudyError:
+        seed = secrets.randbelow(MAX_SEED + 1)
+        return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec, seed),
+                                 pruner=_pruner(spec)), False
+    study.set_user_attr("sampler_seed", spec.sampler_seed)
+    return study, True
+
+
+PARENT_WAIT_S = 60  # how long a worker waits for the worker that created the study to make its parent run
+
+
+def _awaited_parent(client: Any, study: Any) -> Any:
+    """The parent run that the study's creator records on it, once it is there; None if it never comes (the
+    creator died before making it) or names a run this MLflow store does not hold."""
+    from mlflow.exceptions import MlflowException
+
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while "mlflow_parent_run_id" not in study.user_attrs:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+    try:
+        return client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    except MlflowException:
+        return None
 
 
 def _continued_parent(client: Any, spec: StudySpec, options: StudyOptions) -> Any:
@@ -139,6 +225,8 @@ def _continued_parent(client: Any, spec: StudySpec, options: StudyOptions) -> An
     trials that do not compare (another objective, budget or dataset) or hide them (another experiment)."""
     if options.fresh:
         return None
+    from gansweep.tracking import study_parents
+
     parents = study_parents(client, spec.name)
     if not parents:
         return None
@@ -172,18 +260,18 @@ def _new_parent(client: Any, experiment: str, spec: StudySpec, study_name: str) 
               "variants": ",".join(spec.variants), "budget_unit": spec.budget_unit, "epochs": spec.epochs,
               "batch_size": spec.batch_size,
               "objective": _objective_text(spec), "sampler": spec.sampler,
-              "pruner": spec.pruner, "seeds": ",".join(map(str, spec.seeds)), "space": dict(spec.space),
+              "pruner": spec.pruner, "sampler_seed": spec.sampler_seed, "seeds": ",".join(map(str, spec.seeds)), "space": dict(spec.space),
               "config": dict(spec.config), "study_file": spec.path}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run.info.run_id
 
 
-def _sampler(spec: StudySpec) -> Any:
+def _sampler(spec: StudySpec, seed: int) -> Any:
     if spec.sampler == "grid":
-        return _AskTellGrid(spec.grid_axes(), seed=0)
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=0)
-    return optuna.samplers.RandomSampler(seed=0)
+        return _AskTellGrid(spec.grid_axes(), seed=seed)
+    if spec.sampler == "tpe":  # constant_liar: workers sampling at once see each other's running trials
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 class _AskTellGrid(optuna.samplers.GridSampler):

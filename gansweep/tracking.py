@@ -6,25 +6,23 @@ can hold its parent run open while each trial's child run starts and ends.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import platform
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import gansweep
-from gansweep.checkpoint import save_checkpoint
+from gansweep.store import store_lock
 from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
 
 __all__ = ["slug", "client_for", "experiment_id", "experiment_url", "study_parents", "MlflowHook", "RUN_STATUS",
-           "end_run", "git_commit", "store_lock"]
+           "end_run", "git_commit", "store_lock", "checksum_tag"]
 
 _BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
@@ -45,30 +43,9 @@ def client_for(uri: str, create: bool = True) -> MlflowClient:
         return client
 
 
-_HELD: set[Path] = set()  # store locks this process holds: a step under the lock may call another one
-
-
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Serialises find-or-create steps of several processes on one local sqlite store (a file lock beside the
-    database); a tracking server orders its own requests, so other stores need none. Reentrant in a process."""
-    path = Path(uri.removeprefix("sqlite:///") + ".lock")
-    if not uri.startswith("sqlite:///") or path in _HELD:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        _HELD.add(path)
-        try:
-            yield
-        finally:
-            _HELD.discard(path)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The experiment's id, creating it on first use; a sqlite store keeps artifacts in artifacts/ beside it."""
+    """The experiment's id, creating it on first use; a sqlite store keeps artifacts in artifacts/ beside it.
+    Workers that start together against a tracking server may both create it: the second one finds it."""
     with store_lock(client.tracking_uri):
         existing = client.get_experiment_by_name(name)
         if existing is not None:
@@ -77,7 +54,12 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         if client.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
             database = Path(client.tracking_uri.removeprefix("sqlite:///"))
             location = f"{(database.parent / 'artifacts').resolve().as_uri()}/{slug(name)}"
-        return client.create_experiment(name, artifact_location=location)
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:  # a tracking server: another worker created it a moment ago
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" or client.get_experiment_by_name(name) is None:
+                raise
+            return client.get_experiment_by_name(name).experiment_id
 
 
 def study_parents(client: MlflowClient, name: str) -> list[Any]:
@@ -97,13 +79,18 @@ def experiment_url(host: str, port: int, experiment: str) -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the gansweep checkout in use, when it is one."""
+    """The commit of the gansweep checkout in use, when it is one: an installed gansweep that happens to sit
+    inside another repository (a virtual environment in a project) has none."""
+    package = Path(gansweep.__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(gansweep.__file__).parent, text=True,
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package, text=True,
                              capture_output=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() / "gansweep" != package:
+        return None
+    return lines[1]
 
 
 def slug(name: str) -> str:
@@ -112,21 +99,27 @@ def slug(name: str) -> str:
 
 
 class MlflowHook(Hook):
-    """Records one training run in an existing MLflow run: params, step metrics in batches, per-epoch scores and
-    sample grids, then checkpoints (last and best by the objective), a GIF of the grids and a loss figure.
+    """Records one training run in an existing MLflow run: params, step metrics in batches, per-epoch scores,
+    sample grids and checkpoints as they are written (`checkpoints_saved`), then a GIF of the grids and a loss
+    figure.
 
     `work_dir` holds what the sample-grid and checkpoint hooks write; this hook copies it into the run's
     artifacts. Metrics are logged with one log_batch call per `log_every` steps, never one call per value.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, work_dir: Path, objective: str, direction: str,
+    def __init__(self, client: MlflowClient, run_id: str, work_dir: Path, objective: str,
                  extra_params: dict[str, Any]):
-        self.client, self.run_id, self.work_dir = client, run_id, work_dir
-        self.objective, self.minimize = objective, direction == "minimize"
+        self.client, self.run_id, self.work_dir, self.objective = client, run_id, work_dir, objective
         self.extra_params = extra_params
-        self.best: float | None = None
         self.noted: set[str] = set()
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"noted": sorted(self.noted), "history": {k: list(v) for k, v in self.history.items()}}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.noted = set(saved["noted"])
+        self.history = defaultdict(list, {k: [tuple(p) for p in v] for k, v in saved["history"].items()})
 
     def on_start(self, state: TrainState) -> None:
         params = {**state.config.to_dict(),
@@ -163,17 +156,26 @@ class MlflowHook(Hook):
             if name not in self.noted:
                 self.noted.add(name)
                 self.client.set_tag(self.run_id, f"gansweep.{name}", note)
-        value = state.scores.get(self.objective)
-        if value is not None and (self.best is None or (value < self.best if self.minimize else value > self.best)):
-            self.best = value
-            save_checkpoint(state, self.work_dir / "checkpoints" / "best.pt")
-            self.client.log_metric(self.run_id, f"best/{self.objective}", value, step=state.epoch)
-            self.client.set_tag(self.run_id, "gansweep.best_epoch", str(state.epoch))
+
+    def checkpoints_saved(self, state: TrainState, paths: list[Path]) -> None:
+        """Copy fresh checkpoints into the run as they are written, each with its SHA-256, so that a process
+        that dies loses only the epoch under way and whoever resumes the run can check what it reads."""
+        from gansweep.checkpoint import sha256
+
+        for path in paths:
+            self.client.log_artifact(self.run_id, str(path), "checkpoints")
+            tags = [RunTag(checksum_tag(path.name), sha256(path))]
+            if path.name == "last.pt":
+                tags.append(RunTag("gansweep.checkpoint_epoch", str(state.epoch)))
+            else:
+                tags.append(RunTag("gansweep.best_epoch", str(state.epoch)))
+                value = state.scores.get(self.objective)
+                if value is not None:
+                    self.client.log_metric(self.run_id, f"best/{self.objective}", value, step=state.epoch)
+            self.client.log_batch(self.run_id, tags=tags)
+            path.unlink()  # kept in the run now; a process killed later leaves no copy behind
 
     def on_end(self, state: TrainState, result: TrainResult) -> None:
-        checkpoints = self.work_dir / "checkpoints"
-        if checkpoints.is_dir():
-            self.client.log_artifacts(self.run_id, str(checkpoints), "checkpoints")
         grids = sorted((self.work_dir / "samples").glob("epoch_*.png"))
         if grids:
             self.client.log_artifact(self.run_id, str(_write_gif(grids, self.work_dir / "grids.gif")), "samples")
@@ -183,6 +185,11 @@ class MlflowHook(Hook):
         self.client.log_batch(self.run_id, metrics=[
             Metric("perf/wall_time_s", result.wall_time_s, int(time.time() * 1000), result.epochs)])
         end_run(self.client, self.run_id, result.status, result.reason)
+
+
+def checksum_tag(name: str) -> str:
+    """The run tag holding the SHA-256 of the checkpoint file `name` (last.pt, best.pt) as it was logged."""
+    return f"gansweep.sha256.{name}"
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, reason: str) -> None:

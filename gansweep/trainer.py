@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -83,6 +84,8 @@ class TrainState:
     last: dict[str, float] = field(default_factory=dict)  # latest logged value of each step metric
     scores: dict[str, float] = field(default_factory=dict)  # latest per-epoch scores, filled by scoring hooks
     notes: dict[str, str] = field(default_factory=dict)  # events to record with the run, e.g. mode_collapse
+    wall_time_s: float = 0.0  # training time before this process took the run over (a resumed run)
+    resume: dict[str, Any] = field(default_factory=dict)  # at a checkpoint: what the loop and each hook need
 
     @property
     def conditional(self) -> bool:
@@ -126,8 +129,19 @@ class Hook:
         """After each epoch, once its metrics are logged and G's and D's weights are found finite; `state.epoch`
         is the number just completed."""
 
+    def on_checkpoint(self, state: TrainState) -> None:
+        """At an epoch's end once every hook's on_epoch_end has run (and at a stop between epochs): the moment
+        `state`, with `state.resume` filled from every hook's state_dict, is whole enough to continue from."""
+
     def on_end(self, state: TrainState, result: TrainResult) -> None:
         """Once, however training ended (KeyboardInterrupt too, with status 'interrupted', before it propagates)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this hook needs to go on after a resume (plain values only); empty for a stateless hook."""
+        return {}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Take back what state_dict gave, before on_start of a resumed run."""
 
 
 class _Diverged(Exception):
@@ -144,6 +158,12 @@ class DivergenceCheck:
         self.window, self.g_loss_limit = config.divergence_window, config.g_loss_limit
         self.probabilistic = probabilistic
         self.saturated = self.g_loss_high = 0  # consecutive G steps breaking each rule, up to the last one seen
+
+    def state_dict(self) -> dict[str, int]:
+        return {"saturated": self.saturated, "g_loss_high": self.g_loss_high}
+
+    def load_state_dict(self, saved: dict[str, int]) -> None:
+        self.saturated, self.g_loss_high = saved["saturated"], saved["g_loss_high"]
 
     def update(self, steps: Sequence[int], metrics: dict[str, list[float]]) -> str | None:
         """Why the run diverged at one of `steps`, or None; `metrics` holds one value per step for each name."""
@@ -209,8 +229,33 @@ def _new_state(variant: Variant, config: TrainConfig, data: Dataset) -> TrainSta
                       rng=rng, fixed_z=fixed_z, fixed_labels=fixed_labels)
 
 
-def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[Hook] = ()) -> TrainResult:
-    """Train `variant` on `data` (already on its device) for `config.epochs` and report how it ended."""
+def _resume(state: TrainState, saved: dict[str, Any], hooks: Sequence[Hook], divergence: DivergenceCheck) -> None:
+    """Put a resumable checkpoint back: after it the loop goes on as if it had never stopped."""
+    for module, key in ((state.g, "g"), (state.d, "d"), (state.opt_g, "opt_g"), (state.opt_d, "opt_d")):
+        module.load_state_dict(saved[key])
+    torch.set_rng_state(saved["rng"]["torch"])
+    state.rng.set_state(saved["rng"]["loop"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    state.epoch, state.step, state.d_steps = saved["epoch"], saved["step"], saved["d_steps"]
+    state.images_seen, state.wall_time_s = saved["images_seen"], saved["resume"]["wall_time_s"]
+    divergence.load_state_dict(saved["resume"]["divergence"])
+    for hook in hooks:
+        if type(hook).__name__ in saved["resume"]["hooks"]:
+            hook.load_state_dict(saved["resume"]["hooks"][type(hook).__name__])
+
+
+def _checkpoint(state: TrainState, hooks: Sequence[Hook], divergence: DivergenceCheck, started: float) -> None:
+    state.resume = {"divergence": divergence.state_dict(), "wall_time_s": _wall_time(state, started),
+                    "hooks": {type(h).__name__: h.state_dict() for h in hooks if h.state_dict()}}
+    for hook in hooks:
+        hook.on_checkpoint(state)
+
+
+def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[Hook] = (),
+          resume: dict[str, Any] | None = None) -> TrainResult:
+    """Train `variant` on `data` (already on its device) for `config.epochs` and report how it ended;
+    `resume`, a resumable checkpoint of the same run, continues it from that checkpoint's epoch."""
     n_train = data.train_images.shape[0]
     steps_per_epoch = g_steps_per_epoch(config, n_train)
     state = _new_state(variant, config, data)
@@ -223,6 +268,10 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
     pending: list[int] = []
     clock = {"time": time.perf_counter(), "images": 0}
     divergence = DivergenceCheck(config, loss.probabilistic)
+    if resume is not None:
+        _resume(state, resume, hooks, divergence)
+        clock["images"] = state.images_seen
+    checkpointed = state.epoch
     g_params, d_params = list(state.g.parameters()), list(state.d.parameters())
     device = state.device
 
@@ -252,7 +301,7 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
     try:
         for hook in hooks:
             hook.on_start(state)
-        for _ in range(config.epochs):
+        while state.epoch < config.epochs:
             order = torch.randperm(n_train, device=device, generator=state.rng)
             for g_step in range(steps_per_epoch):
                 for critic_step in range(config.n_critic):
@@ -306,12 +355,16 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
             state.epoch += 1
             for hook in hooks:
                 hook.on_epoch_end(state)
+            _checkpoint(state, hooks, divergence, started)
+            checkpointed = state.epoch
     except _Diverged as e:
         status, reason = "diverged", str(e)
     except StopTraining as e:
         status, reason = e.status, e.reason
-    except KeyboardInterrupt:
-        result = _result(state, "interrupted", "interrupted by the user", started)
+        if state.epoch > checkpointed:  # a hook stopped the run at an epoch's end: that epoch is whole
+            _checkpoint(state, hooks, divergence, started)
+    except KeyboardInterrupt as e:
+        result = _result(state, "interrupted", str(e) or "interrupted by the user", started)
         for hook in hooks:
             hook.on_end(state, result)
         raise
@@ -321,7 +374,11 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
     return result
 
 
+def _wall_time(state: TrainState, started: float) -> float:
+    return state.wall_time_s + time.perf_counter() - started
+
+
 def _result(state: TrainState, status: str, reason: str, started: float) -> TrainResult:
     return TrainResult(status=status, reason=reason, epochs=state.epoch, steps=state.step,
-                       images_seen=state.images_seen, wall_time_s=time.perf_counter() - started,
+                       images_seen=state.images_seen, wall_time_s=_wall_time(state, started),
                        last=dict(state.last), scores=dict(state.scores), notes=dict(state.notes))

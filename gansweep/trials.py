@@ -2,12 +2,17 @@
 tells Optuna and MLflow how it ended.
 
 A point whose trial fails is run again, at most `retries` times in one invocation, then left failed with its
-reason, so a value that cannot work costs a few runs and a line, never an endless queue.
+reason, so a value that cannot work costs a few runs and a line, never an endless queue. A trial whose process
+died (see `liveness`) is failed as lost by whichever process finds it, and its point runs again; a process with
+nothing left to hand out waits while other processes' trials run, so that it can take over a dead one's point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,10 +20,14 @@ from typing import Any
 from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
+from gansweep.liveness import Liveness, is_lost
+from gansweep.resume import RESUMABLE_ATTR
 from gansweep.spec import StudySpec
 from gansweep.trainer import Hook, StopTraining, TrainState
 
-__all__ = ["TrialRunner", "LIVE"]
+__all__ = ["TrialRunner", "LIVE", "WAIT_S"]
+
+WAIT_S = 2.0  # how often a process with nothing to hand out looks at other processes' running trials
 
 # Trials that hold their work: done, or under way. Failed and interrupted ones give it back, to be run again.
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -32,22 +41,27 @@ class TrialRunner:
     """Runs trials of one study: asks Optuna for parameters, trains, and tells Optuna and MLflow how it ended."""
 
     def __init__(self, spec: StudySpec, study: Any, client: Any, experiment: str, parent_id: str, data: Any,
-                 evaluator: Any, progress: bool, retries: int):
-        self.spec, self.study, self.client = spec, study, client
+                 evaluator: Any, progress: bool, retries: int, liveness: Liveness):
+        self.spec, self.study, self.client, self.liveness = spec, study, client, liveness
         self.experiment, self.parent_id, self.data, self.progress = experiment, parent_id, data, progress
         self.evaluator, self.retries = evaluator, retries
         # failed trials in this invocation per ("point", params) of a grid, ("search", variant) or ("rerun", ...)
         self.attempts: Counter[tuple] = Counter()
         self.failed: dict[tuple, str] = {}  # point -> its latest failure, as a line for the summary
+        self.ended_lost: set[int] = set()  # lost trials whose MLflow run this process has seen ended
+        self.waiting = False
 
     def run_grid(self, limit: int | None) -> int:
         grid = self.spec.grid_points()
         ran = 0
         while limit is None or ran < limit:
+            self._fail_dead()
             trials = self.study.get_trials(deepcopy=False)
             taken = {_key(t.params) for t in trials if t.state in LIVE}
             remaining = [p for p in grid if _key(p) not in taken and not self._given_up(("point", _key(p)))]
             if not remaining:
+                if limit is None and self._wait_for_others(lambda t: True):
+                    continue
                 break
             failed = {_key(t.params) for t in trials if t.state == TrialState.FAIL}
             redo = [p for p in remaining if _key(p) in failed]
@@ -63,6 +77,39 @@ class TrialRunner:
             self._run(trial, params, len(grid), ("point", _key(params)))
             ran += 1
         return ran
+
+    def _fail_dead(self) -> None:
+        """Fail the trials of dead processes, and end the MLflow runs they left RUNNING."""
+        from gansweep.tracking import end_run
+
+        self.liveness.fail_dead(self.study)
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if not is_lost(trial) or trial.number in self.ended_lost:
+                continue
+            for run in self._runs_of(trial):
+                if run.info.status == "RUNNING":
+                    end_run(self.client, run.info.run_id, "lost", "its process died (killed, out of memory, or "
+                                                                  "its machine lost); the point runs again")
+            self.ended_lost.add(trial.number)
+
+    def _runs_of(self, trial: Any) -> list[Any]:
+        """The MLflow runs of a trial: found by tag, since a process may die before recording the run's id."""
+        runs = self.client.search_runs(
+            [self.experiment], filter_string=f"tags.`gansweep.trial` = '{trial.number}' and "
+                                             f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
+        return [r for r in runs if r.data.tags.get("gansweep.optuna_study") == self.study.study_name]
+
+    def _wait_for_others(self, mine: Callable[[Any], bool]) -> bool:
+        """Whether trials (those `mine` picks) still run in other processes; if so, wait a moment first."""
+        running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if mine(t)]
+        if not running:
+            return False
+        if self.progress and not self.waiting:
+            print(f"waiting for {len(running)} trial(s) running in other processes, to take over any whose "
+                  f"process dies", file=sys.stderr)
+        self.waiting = True
+        time.sleep(WAIT_S)
+        return True
 
     def _given_up(self, key: tuple) -> bool:
         return self.attempts[key] > self.retries
@@ -80,34 +127,52 @@ class TrialRunner:
 
     def run_sampled(self) -> int:
         """The search: `trials` per variant, each trial given to the variant with the fewest so far, so every
-        variant gets the same budget. Then, with `best_seeds`, each variant's best parameters again per seed."""
+        variant gets the same budget. Then, with `best_seeds`, each variant's best parameters again per seed,
+        once no search trial runs anywhere."""
         spec, ran = self.spec, 0
         total = (spec.trials or 0) * len(spec.variants) + len(spec.best_seeds) * len(spec.variants)
-        while (variant := self._next_search_variant()) is not None:
-            self.study.enqueue_trial({"variant": variant})
-            trial = self.study.ask()
-            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
-            for name, values in spec.space.items():
-                params[name] = _suggest(trial, name, values)
-            params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
-            trial.set_user_attr("seed", params["seed"])
-            trial.set_user_attr("phase", "search")
-            self._run(trial, params, total, ("search", variant))
-            ran += 1
-        for best, seed in self._reruns():
-            self.study.enqueue_trial(best.params)
-            trial = self.study.ask()
-            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
-            params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
-            for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
-                trial.set_user_attr(key, value)
-            if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
-                                         and other.params.get("variant") == params["variant"]
-                                         and other.user_attrs.get("seed") == seed, "re-run"):
+        while True:
+            self._fail_dead()
+            if (variant := self._next_search_variant()) is not None:
+                self._search(variant, total)
+            elif self._wait_for_others(lambda t: t.user_attrs.get("phase") == "search"):
                 continue
-            self._run(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
+            elif todo := self._reruns():
+                if not self._rerun(*todo[0], total):
+                    continue
+            elif self._wait_for_others(lambda t: True):
+                continue
+            else:
+                return ran
             ran += 1
-        return ran
+
+    def _search(self, variant: str, total: int) -> None:
+        spec = self.spec
+        self.study.enqueue_trial({"variant": variant})
+        trial = self.study.ask()
+        params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
+        for name, values in spec.space.items():
+            params[name] = _suggest(trial, name, values)
+        params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
+        trial.set_user_attr("seed", params["seed"])
+        trial.set_user_attr("phase", "search")
+        self._run(trial, params, total, ("search", variant))
+
+    def _rerun(self, best: Any, seed: int, total: int) -> bool:
+        """Re-run a variant's best parameters with `seed`; False if another process took it first."""
+        spec = self.spec
+        self.study.enqueue_trial(best.params)
+        trial = self.study.ask()
+        params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
+        params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
+        for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
+            trial.set_user_attr(key, value)
+        if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
+                                     and other.params.get("variant") == params["variant"]
+                                     and other.user_attrs.get("seed") == seed, "re-run"):
+            return False
+        self._run(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
+        return True
 
     def _live(self, phase: str) -> list[Any]:
         """Trials of a phase that count as done or under way (failed and interrupted ones are run again)."""
@@ -148,37 +213,58 @@ class TrialRunner:
                      if (key not in live if key[0] == "point" else self._given_up(key)))
 
     def _run(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> None:
+        """Train the trial and tell Optuna how it ended, all the while visibly alive to other processes."""
+        with self.liveness.alive(trial):
+            self._train(trial, params, total, key)
+
+    def _train(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> None:
         from gansweep.runs import tracked_training
         from gansweep.variants import get_variant
+
+        from gansweep.resume import resumable_attempt
 
         spec = self.spec
         variant = get_variant(params["variant"])
         swept = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in params.items() if k != "variant")
-        run = self.client.create_run(self.experiment, run_name=f"{trial.number:03d} {variant.name} {swept}", tags={
-            "mlflow.parentRunId": self.parent_id, "gansweep.study": spec.name, "gansweep.role": "trial",
-            "gansweep.optuna_study": self.study.study_name, "gansweep.trial": str(trial.number),
-            "gansweep.variant": variant.name, "gansweep.dataset": spec.dataset,
-            "gansweep.seed": str(params["seed"])})
-        run_id = run.info.run_id
+        config = variant.config(**spec.changes(params))  # checked with the study file: cannot fail here
+        resume = resumable_attempt(self.study, self.client, params, config, variant.name)
+        tags = {"mlflow.parentRunId": self.parent_id, "gansweep.study": spec.name, "gansweep.role": "trial",
+                "gansweep.optuna_study": self.study.study_name, "gansweep.trial": str(trial.number),
+                "gansweep.variant": variant.name, "gansweep.dataset": spec.dataset,
+                "gansweep.seed": str(params["seed"])}
+        if resume is None:
+            run_id = self.client.create_run(self.experiment, run_name=f"{trial.number:03d} {variant.name} {swept}",
+                                            tags=tags).info.run_id
+        else:  # the same MLflow run goes on, now under this trial
+            run_id = resume.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "gansweep.trial", str(trial.number))
+            self.client.set_tag(run_id, "gansweep.resumed", f"trial {resume.trial} at epoch {resume.saved['epoch']}")
+            trial.set_user_attr("resumed_from", resume.trial)
+            trial.set_user_attr("resumed_at_epoch", resume.saved["epoch"])
         trial.set_user_attr("mlflow_run_id", run_id)
         label = f"trial {trial.number + 1}/{total} {variant.name} {swept}"
-        extra = {"study": spec.name, "trial": trial.number, "budget_unit": spec.budget_unit,
+        if resume is not None:
+            label += f" (resumed at epoch {resume.saved['epoch']})"
+        extra = {"study": spec.name, "budget_unit": spec.budget_unit,
                  "objective": spec.objective.key, **{f"swept.{k}": v for k, v in params.items()}}
         hooks: list[Hook] = [_OptunaReport(trial, spec.objective.key, spec.pruner)]
         if spec.collapse_window:
             hooks.append(_CollapseStop(spec.collapse_window))
         try:
-            config = variant.config(**spec.changes(params))
             result = tracked_training(self.client, run_id, variant, config, self.data, self.evaluator,
-                                      spec.objective.metric, extra, hooks, label if self.progress else None)
-        except KeyboardInterrupt:
-            self._end(trial, run_id, "interrupted", "interrupted by the user")
+                                      spec.objective.metric, extra, hooks, label if self.progress else None,
+                                      None if resume is None else resume.saved)
+        except KeyboardInterrupt as e:
+            self._end(trial, run_id, "interrupted", str(e) or "interrupted by the user")
             raise
         except GansweepError as e:
             self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})", str(e))
             return
         except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then shown in full
+            with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
+                trial.set_user_attr(RESUMABLE_ATTR, True)
             self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})",
                        f"{type(e).__name__}: {e}".splitlines()[0])
             raise
@@ -204,13 +290,20 @@ class TrialRunner:
         self._end(trial, run_id, "failed", reason)
 
     def _end(self, trial: Any, run_id: str, status: str, reason: str) -> None:
+        """Record a trial that did not finish. Recording can fail too (a full disk, a server gone); that must
+        not hide why the trial ended, and costs nothing: a trial left RUNNING is found as lost and run again."""
         from gansweep.tracking import end_run
 
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("reason", reason)
-        self.study.tell(trial, state=TrialState.FAIL)
-        if self.client.get_run(run_id).info.status == "RUNNING":
-            end_run(self.client, run_id, status, reason)
+        try:
+            trial.set_user_attr("status", status)
+            trial.set_user_attr("reason", reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                end_run(self.client, run_id, status, reason)
+        except Exception as e:
+            print(f"warning: trial {trial.number} ended ({status}: {reason}) but could not be recorded: "
+                  f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}; it will be run again",
+                  file=sys.stderr)
 
 
 def _suggest(trial: Any, name: str, values: Any) -> Any:
@@ -227,11 +320,22 @@ class _OptunaReport(Hook):
 
     def __init__(self, trial: Any, key: str, pruner: str):
         self.trial, self.key, self.pruner = trial, key, pruner
+        self.reported: dict[int, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reported": dict(self.reported)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """A resumed run is a new Optuna trial: it is given the values its earlier trial reported."""
+        self.reported = dict(saved["reported"])
+        for epoch, value in self.reported.items():
+            self.trial.report(value, epoch)
 
     def on_epoch_end(self, state: TrainState) -> None:
         value = state.scores.get(self.key)
         if value is None or not math.isfinite(value):
             return
+        self.reported[state.epoch] = value
         self.trial.report(value, state.epoch)
         if self.trial.should_prune():
             raise StopTraining("pruned", f"{self.pruner} pruner: {self.key} {value:.4g} at epoch {state.epoch}")
@@ -243,6 +347,12 @@ class _CollapseStop(Hook):
 
     def __init__(self, window: int):
         self.window, self.run, self.peak = window, 0, 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run": self.run, "peak": self.peak}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.run, self.peak = saved["run"], saved["peak"]
 
     def on_epoch_end(self, state: TrainState) -> None:
         from gansweep.evaluation import MODE_COLLAPSE_COVERAGE, collapsed

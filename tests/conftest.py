@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
 from gansweep.config import DataConfig
 from gansweep.data import DataRecord, Dataset, load_dataset
+
+import servers
 
 TINY = dict(epochs=1, batch_size=16, hidden=(32,), width=8, z_dim=8, n_samples=16, log_every=4, device="cpu")
 
@@ -42,3 +46,31 @@ def mnist5k_classifier(mnist5k, feature_net_cache):
     from gansweep.classifier import get_classifier
 
     return get_classifier(mnist5k, log=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[servers.Postgres]:
+    """One real PostgreSQL server for the session; skipped, saying why, where PostgreSQL or psycopg is missing."""
+    try:
+        tools = servers.find_postgres()
+    except servers.Unavailable as e:
+        pytest.skip(str(e))
+    with servers.postgres_server(tools) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: servers.Postgres) -> str:
+    """A new database per test on the session's server, so no test sees another's studies."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of one real MLflow tracking server for the session, serving its artifacts itself."""
+    try:
+        executable = servers.find_mlflow()
+    except servers.Unavailable as e:
+        pytest.skip(str(e))
+    with servers.mlflow_server(executable, tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gansweep.atomic import atomic_path
-from gansweep.checkpoint import CheckpointHook, load_checkpoint
+from gansweep.checkpoint import CheckpointHook, load_checkpoint, sha256
 from gansweep.errors import GansweepError
 from gansweep.samples import SampleGridHook
 from gansweep.trainer import Hook, train
@@ -23,8 +23,8 @@ def test_checkpoint_round_trip_reproduces_the_generator(tmp_path, tiny_data, nam
     variant = get_variant(name)
     keep = KeepState()
     train(variant, variant.config(**{**TINY, "epochs": 2}), tiny_data,
-          [CheckpointHook(tmp_path / "checkpoint.pt"), SampleGridHook(tmp_path / "samples"), keep])
-    loaded = load_checkpoint(tmp_path / "checkpoint.pt")
+          [CheckpointHook(tmp_path, "loss", True), SampleGridHook(tmp_path / "samples"), keep])
+    loaded = load_checkpoint(tmp_path / "last.pt")
     assert (loaded.variant.name, loaded.epoch, loaded.step) == (name, 2, keep.state.step)
     assert loaded.config == keep.state.config
     assert torch.equal(loaded.g(keep.state.fixed_z, keep.state.fixed_labels), keep.state.fixed_samples())
@@ -60,3 +60,79 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
     with atomic_path(tmp_path / "grid.png") as tmp:
         tmp.write_bytes(b"png")
     assert stat.S_IMODE((tmp_path / "grid.png").stat().st_mode) == 0o666 & ~umask
+
+
+class Record(Hook):
+    """Every step metric by step, and whether training reached a given step (to interrupt it there)."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.stop_at, self.metrics = stop_at, {}
+
+    def on_log(self, state, log):
+        for name, values in log.metrics.items():
+            for step, value in zip(log.steps, values):
+                self.metrics[(name, step)] = value
+        if self.stop_at is not None and state.step >= self.stop_at:
+            raise KeyboardInterrupt
+
+    def on_end(self, state, result):
+        self.g = {k: v.clone() for k, v in state.g.state_dict().items()}
+        self.result = result
+
+
+@pytest.mark.parametrize("name", ["gan", "cdcgan", "wgan-gp"])
+def test_a_run_resumed_from_its_checkpoint_equals_the_run_never_stopped(tmp_path, tiny_data, name):
+    """Dropout (torch's RNG), batch order, noise and the penalty's interpolation (the loop's RNG), BatchNorm
+    statistics and Adam's moments all come back: the resumed run is the same run, step for step."""
+    variant = get_variant(name)
+    config = variant.config(**{**TINY, "epochs": 4, "log_every": 1})
+    whole = Record()
+    train(variant, config, tiny_data, [whole])
+    steps_per_epoch = whole.result.steps // 4
+
+    stopped = Record(stop_at=2 * steps_per_epoch + 1)  # in epoch 3, after epoch 2's checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        train(variant, config, tiny_data, [CheckpointHook(tmp_path, "loss", True), stopped])
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["resumable"]
+    torch.manual_seed(12345)  # whatever the process did in between does not matter
+    resumed = Record()
+    train(variant, config, tiny_data, [resumed], resume=saved)
+
+    assert (resumed.result.epochs, resumed.result.steps) == (4, whole.result.steps)
+    assert all(torch.equal(resumed.g[k], whole.g[k]) for k in whole.g)
+    later = {key: value for key, value in whole.metrics.items() if key[1] > 2 * steps_per_epoch}
+    assert resumed.metrics == later
+
+
+def test_best_is_the_generator_alone_and_changes_only_when_the_objective_improves(tmp_path, tiny_data):
+    class Objective(Hook):  # a made-up objective: 3, 1, 2 over the epochs, so epoch 2 is the best
+        def on_epoch_end(self, state):
+            state.scores["score/x"] = [3.0, 1.0, 2.0][state.epoch - 1]
+
+    saved = []
+    hook = CheckpointHook(tmp_path, "score/x", True, lambda state, paths: saved.append(
+        (state.epoch, sorted(p.name for p in paths), {p.name: sha256(p) for p in paths})))
+    train(get_variant("gan"), get_variant("gan").config(**{**TINY, "epochs": 3}), tiny_data, [Objective(), hook])
+    assert [(epoch, names) for epoch, names, _ in saved] == [(1, ["best.pt", "last.pt"]), (2, ["best.pt", "last.pt"]),
+                                                             (3, ["last.pt"])]
+    best, last = (torch.load(tmp_path / f, weights_only=True) for f in ("best.pt", "last.pt"))
+    assert best["epoch"] == 2 and last["epoch"] == 3 and not best["resumable"]
+    assert set(best) < set(last) and "d" not in best and "opt_g" not in best
+    assert (tmp_path / "best.pt").stat().st_size < (tmp_path / "last.pt").stat().st_size / 2
+    assert load_checkpoint(tmp_path / "best.pt").epoch == 2
+
+
+def test_a_checkpoint_that_is_not_the_recorded_one_is_refused(tmp_path, tiny_data):
+    train(get_variant("gan"), get_variant("gan").config(**TINY), tiny_data, [CheckpointHook(tmp_path, "loss", True)])
+    path = tmp_path / "last.pt"
+    recorded = sha256(path)
+    assert load_checkpoint(path, expected_sha256=recorded).epoch == 1
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit's worth of damage
+    path.write_bytes(bytes(data))
+    with pytest.raises(GansweepError, match="SHA-256 differs"):
+        load_checkpoint(path, expected_sha256=recorded)
+    path.write_bytes(bytes(data[:len(data) // 3]))  # truncated, as a full disk leaves it
+    with pytest.raises(GansweepError, match="SHA-256 differs"):
+        load_checkpoint(path, expected_sha256=recorded)

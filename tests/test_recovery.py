@@ -1,0 +1,264 @@
+"""Every way a study's process can die costs at most the epoch under way: real `gansweep study` processes are
+killed, interrupted and terminated, their store's files torn, and what is left is read back through Optuna's and
+MLflow's own APIs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from gansweep.spec import load_spec
+from gansweep.store import resolve_store
+from gansweep.study import StudyOptions, run_study
+from gansweep.tracking import client_for
+
+GANSWEEP = Path(sys.executable).with_name("gansweep")
+
+STUDY = """
+name = "{name}"
+description = "a tiny MLP GAN, long enough per trial to be stopped in the middle"
+variants = ["gan"]
+dataset = "mnist-5k"
+epochs = {epochs}
+batch_size = 200
+n_eval = 200
+objective = {{ metric = "fid_proxy", direction = "minimize" }}
+sampler = "{sampler}"
+pruner = "none"
+seeds = [0]
+{extra}
+
+[config]
+hidden = [32]
+z_dim = 8
+n_samples = 16
+log_every = 5
+
+[space]
+lr = {lr}
+"""
+
+
+def write_study(folder: Path, name: str = "long", epochs: int = 12, lr: str = "[2e-4, 1e-3]",
+                sampler: str = "grid", extra: str = "") -> Path:
+    (folder / "studies").mkdir(parents=True, exist_ok=True)
+    path = folder / "studies" / f"{name}.toml"
+    path.write_text(STUDY.format(name=name, epochs=epochs, lr=lr, sampler=sampler, extra=extra))
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch, mnist5k_classifier):
+    """An empty working folder holding the study file; the store is `store/` in it. The feature network is
+    trained before any process starts, so no two train it at once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GANSWEEP_STORE", str(tmp_path / "store"))
+    write_study(tmp_path)
+    return tmp_path
+
+
+def start(folder: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "TMPDIR": str(folder / "tmp")}
+    (folder / "tmp").mkdir(exist_ok=True)
+    return subprocess.Popen([str(GANSWEEP), "study", "long", "--device", "cpu", *args], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def client() -> MlflowClient:
+    """Under the store's lock, like every gansweep process: a study starting meanwhile may be creating the
+    tables."""
+    return client_for(resolve_store().tracking_uri)
+
+
+def study(name: str = "long") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=resolve_store().optuna())
+
+
+def child_runs() -> list:
+    experiment = client().get_experiment_by_name("long")
+    if experiment is None:
+        return []
+    return [r for r in client().search_runs([experiment.experiment_id]) if r.data.tags["gansweep.role"] == "trial"]
+
+
+def wait_for_checkpoint(process: subprocess.Popen, trial: int, epoch: int, timeout: float = 300) -> None:
+    """Until the child run of `trial` has logged its checkpoint of `epoch`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if Path(resolve_store().storage).exists():
+            for run in child_runs():
+                if (run.data.tags.get("gansweep.trial") == str(trial)
+                        and int(run.data.tags.get("gansweep.checkpoint_epoch", 0)) >= epoch):
+                    return
+        time.sleep(0.3)
+    pytest.fail(f"trial {trial} did not reach epoch {epoch}")
+
+
+def history(run_id: str) -> dict[str, dict[int, float]]:
+    """Every metric of a run by step, the latest value where a step was logged twice (the epoch a resumed run
+    did again); timings left out."""
+    c = client()
+    metrics = {}
+    for name in c.get_run(run_id).data.metrics:
+        if name.startswith("perf/"):
+            continue
+        by_step = {}
+        for m in sorted(c.get_metric_history(run_id, name), key=lambda m: m.timestamp):
+            by_step[m.step] = m.value
+        metrics[name] = by_step
+    return metrics
+
+
+def nothing_running() -> None:
+    assert not [t.number for t in study().trials if t.state == TrialState.RUNNING]
+    assert not [r.info.run_id for r in child_runs() if r.info.status == "RUNNING"]
+
+
+def reference(folder: Path, lr: float) -> dict[str, dict[int, float]]:
+    """The same point run whole, never stopped, in a store of its own."""
+    other = folder / "reference"
+    write_study(other, lr=f"[{lr}]")
+    os.environ["GANSWEEP_STORE"] = str(other / "store")
+    try:
+        outcome = run_study(load_spec(other / "studies" / "long.toml"), StudyOptions(device="cpu", progress=False))
+        return history(outcome.table["run_id"][0])
+    finally:
+        os.environ["GANSWEEP_STORE"] = str(folder / "store")
+
+
+def test_a_killed_worker_s_point_runs_again_from_its_checkpoint_into_the_same_run(folder):
+    process = start(folder)
+    wait_for_checkpoint(process, trial=1, epoch=3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (killed,) = [t for t in study().trials if t.state == TrialState.RUNNING]
+    killed_run = killed.user_attrs["mlflow_run_id"]
+
+    process = start(folder)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert "1 trial(s) run now" in out  # exactly the killed point
+    assert not list((folder / "tmp").iterdir())  # the killed process's temporary folder is gone too
+    trials = study().trials
+    lost = trials[killed.number]
+    assert lost.state == TrialState.FAIL and "status" not in lost.user_attrs  # failed by the next process
+    (resumed,) = [t for t in trials if t.user_attrs.get("resumed_from") == killed.number]
+    assert resumed.state == TrialState.COMPLETE and resumed.params == killed.params
+    assert resumed.user_attrs["mlflow_run_id"] == killed_run and resumed.user_attrs["resumed_at_epoch"] >= 3
+    run = client().get_run(killed_run)
+    assert run.info.status == "FINISHED" and run.data.tags["gansweep.trial"] == str(resumed.number)
+    assert sorted(t.params["lr"] for t in trials if t.state == TrialState.COMPLETE) == [2e-4, 1e-3]
+    nothing_running()
+    parents = [r for r in client().search_runs([run.info.experiment_id]) if r.data.tags["gansweep.role"] == "parent"]
+    assert [p.info.status for p in parents] == ["FINISHED"]
+
+    whole = reference(folder, killed.params["lr"])
+    resumed_history = history(killed_run)
+    assert resumed_history.keys() == whole.keys()
+    for name in whole:
+        assert resumed_history[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-6), name
+    assert resumed.value == pytest.approx(whole["score/fid_proxy"][12], rel=1e-5)
+
+
+def test_ctrl_c_then_the_same_command_resumes_and_equals_a_run_never_stopped(folder):
+    process = start(folder)
+    wait_for_checkpoint(process, trial=0, epoch=4)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "run the same command to continue" in err and "Traceback" not in err
+    (stopped,) = study().trials
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["status"] == "interrupted"
+    nothing_running()
+
+    again = start(folder)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert "resumed at epoch" in err
+    (resumed,) = [t for t in study().trials if t.user_attrs.get("resumed_from") == stopped.number]
+    assert resumed.user_attrs["mlflow_run_id"] == stopped.user_attrs["mlflow_run_id"]
+    whole = reference(folder, stopped.params["lr"])
+    got = history(stopped.user_attrs["mlflow_run_id"])
+    assert got.keys() == whole.keys()
+    for name in whole:
+        assert got[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-6), name
+    artifacts = {a.path for a in client().list_artifacts(stopped.user_attrs["mlflow_run_id"], "samples")}
+    assert {f"samples/epoch_{e:03d}.png" for e in range(1, 13)} | {"samples/grids.gif"} == artifacts
+
+
+def test_sigterm_records_the_trial_and_leaves_nothing_running(folder):
+    process = start(folder)
+    wait_for_checkpoint(process, trial=0, epoch=1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "terminated by SIGTERM" in err and "Traceback" not in err
+    (trial,) = study().trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "terminated by SIGTERM"
+    run = client().get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["gansweep.reason"] == "terminated by SIGTERM"
+    nothing_running()
+    parents = [r for r in client().search_runs([run.info.experiment_id]) if r.data.tags["gansweep.role"] == "parent"]
+    assert [p.info.status for p in parents] == ["KILLED"]
+
+
+def test_a_torn_last_journal_line_is_set_aside_and_the_study_goes_on(folder):
+    spec = load_spec(write_study(folder, epochs=1, lr="[1e-4, 3e-4, 1e-3]"))
+    run_study(spec, StudyOptions(trials=1, device="cpu", progress=False))
+    journal = Path(resolve_store().storage)
+    whole = journal.read_bytes()
+    torn = b'{"op_code":4,"worker_id":"dead","trial_id":0,"user_at'
+    journal.write_bytes(whole + torn)
+
+    process = subprocess.run([str(GANSWEEP), "study", "long", "--device", "cpu"], cwd=folder, text=True,
+                             capture_output=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    warnings = [line for line in process.stderr.splitlines() if "torn line" in line]
+    assert len(warnings) == 1 and f"({len(torn)} bytes" in warnings[0]
+    (backup,) = journal.parent.glob("optuna.journal.torn-*")
+    assert backup.read_bytes() == whole + torn  # the whole file, as it was
+    assert journal.read_bytes().startswith(whole)
+    assert sorted(t.params["lr"] for t in study().trials if t.state == TrialState.COMPLETE) == [1e-4, 3e-4, 1e-3]
+
+
+def test_six_processes_creating_one_new_sqlite_storage_all_start(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    code = ("import sys, time; from gansweep.store import resolve_store; s = resolve_store(sys.argv[1], "
+            "storage=sys.argv[2]); time.sleep(max(0, float(sys.argv[3]) - time.time())); s.optuna()")
+    at = str(time.time() + 4)  # all six open the storage at the same moment, once their imports are done
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), url, at], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(6)]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 6, errors
+    optuna.create_study(study_name="ok", storage=url)
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["ok"]
+
+
+def test_a_sampled_study_is_reproducible_alone_and_new_in_every_other_process(folder):
+    extra = "trials = 3"
+    spec = load_spec(write_study(folder, name="search", epochs=1, sampler="random", extra=extra,
+                                 lr="{ low = 1e-5, high = 1e-2, log = true }"))
+    first = run_study(spec, StudyOptions(device="cpu", progress=False))
+    lrs = [t.params["lr"] for t in study("search").trials]
+
+    os.environ["GANSWEEP_STORE"] = str(folder / "other")
+    try:
+        run_study(spec, StudyOptions(device="cpu", progress=False))
+        assert [t.params["lr"] for t in study("search").trials] == lrs  # one process: the recorded seed
+        assert study("search").user_attrs["sampler_seed"] == 0
+    finally:
+        os.environ["GANSWEEP_STORE"] = str(folder / "store")
+    more = run_study(spec, StudyOptions(trials=6, device="cpu", progress=False))
+    assert more.parent_run_id == first.parent_run_id and more.ran == 3
+    later = [t.params["lr"] for t in study("search").trials][3:]
+    assert len(set(later) | set(lrs)) == 6  # a resume draws points of its own
