@@ -6,6 +6,7 @@ Errors caused by input (GansweepError) become one `Error: ...` line and exit cod
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ class _Group(click.Group):
 def main() -> None:
     """Train, sweep and compare GAN variants."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout is for results
+    # MLflow's database layer logs each error it raises with a traceback (a full disk: dozens); gansweep says
+    # what went wrong in one line, and a new store's "Creating initial MLflow database tables" is no news
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -162,7 +166,7 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     except Exception as e:
         if not _disk_full(e):
             raise
-        click.echo(f"the store's disk is full ({_first_line(e)}): finished trials and every trial's last "
+        click.echo(f"the store's disk is full ({_disk_full(e)}): finished trials and every trial's last "
                    f"checkpoint are kept; free some space and run the same command to continue", err=True)
         raise SystemExit(1) from None
     click.echo(format_table(outcome.table))
@@ -180,20 +184,16 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
         raise SystemExit(1)
 
 
-def _disk_full(error: BaseException) -> bool:
-    """A full disk, however it surfaced: an OSError, or a database that says so (sqlite through MLflow)."""
+def _disk_full(error: BaseException) -> str | None:
+    """What a full disk said, however it surfaced (an OSError, or a database through MLflow), else None."""
     import errno
 
     for e in (error, error.__cause__, error.__context__):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return True
+            return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
         if e is not None and "database or disk is full" in str(e):
-            return True
-    return False
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            return "database or disk is full"
+    return None
 
 
 @main.command()

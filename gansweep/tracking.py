@@ -163,7 +163,11 @@ class MlflowHook(Hook):
         from gansweep.checkpoint import sha256
 
         for path in paths:
-            self.client.log_artifact(self.run_id, str(path), "checkpoints")
+            try:
+                self.client.log_artifact(self.run_id, str(path), "checkpoints")
+            except BaseException:  # a full disk leaves part of the file: no half checkpoint stays in the run
+                _delete_artifact(self.client, self.run_id, f"checkpoints/{path.name}")
+                raise
             tags = [RunTag(checksum_tag(path.name), sha256(path))]
             if path.name == "last.pt":
                 tags.append(RunTag("gansweep.checkpoint_epoch", str(state.epoch)))
@@ -185,6 +189,15 @@ class MlflowHook(Hook):
         self.client.log_batch(self.run_id, metrics=[
             Metric("perf/wall_time_s", result.wall_time_s, int(time.time() * 1000), result.epochs)])
         end_run(self.client, self.run_id, result.status, result.reason)
+
+
+def _delete_artifact(client: MlflowClient, run_id: str, path: str) -> None:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(path)
+    except Exception:  # nothing there, or the store refuses even that: the recorded SHA-256 still guards it
+        pass
 
 
 def checksum_tag(name: str) -> str:

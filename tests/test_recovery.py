@@ -262,3 +262,65 @@ def test_a_sampled_study_is_reproducible_alone_and_new_in_every_other_process(fo
     assert more.parent_run_id == first.parent_run_id and more.ran == 3
     later = [t.params["lr"] for t in study("search").trials][3:]
     assert len(set(later) | set(lrs)) == 6  # a resume draws points of its own
+
+
+def full_disk_scenario(folder: Path, facts: Path) -> None:
+    """Run as root in a private mount namespace: the store is a small tmpfs that fills in the middle of a study,
+    then space is freed and the same command run again. What is found goes to `facts` (outside the tmpfs)."""
+    import json
+
+    from gansweep.checkpoint import sha256
+    from gansweep.tracking import checksum_tag
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    store = folder / "store"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(store)], check=True)
+    first = start(folder)
+    wait_for_checkpoint(first, trial=0, epoch=2)
+    with open(store / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * (1 << 16))
+                filler.flush()
+        except OSError:
+            pass
+    _, first_err = first.communicate(timeout=300)
+    (store / "filler").unlink()
+    second = start(folder)
+    second_out, second_err = second.communicate(timeout=600)
+    checkpoints = {}
+    for run in child_runs():
+        for artifact in client().list_artifacts(run.info.run_id, "checkpoints"):
+            local = client().download_artifacts(run.info.run_id, artifact.path, str(folder / "tmp"))
+            checkpoints[f"{run.info.run_id[:8]}/{artifact.path}"] = (
+                sha256(Path(local)) == run.data.tags.get(checksum_tag(Path(artifact.path).name)))
+    facts.write_text(json.dumps({
+        "first": [first.returncode, first_err], "second": [second.returncode, second_out + second_err],
+        "states": [[t.number, t.state.name, t.user_attrs.get("status")] for t in study().trials],
+        "complete": sorted(t.params["lr"] for t in study().trials if t.state == TrialState.COMPLETE),
+        "running": [t.number for t in study().trials if t.state == TrialState.RUNNING],
+        "runs_running": [r.info.run_id for r in child_runs() if r.info.status == "RUNNING"],
+        "checkpoints": checkpoints}))
+
+
+def test_a_disk_that_fills_mid_study_costs_no_point(folder):
+    import json
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("a small tmpfs needs root and a private mount namespace (unshare -m) here")
+    facts = folder / "facts.json"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_recovery; "
+            f"from pathlib import Path; test_recovery.full_disk_scenario(Path({str(folder)!r}), Path({str(facts)!r}))")
+    done = subprocess.run(["unshare", "-m", sys.executable, "-c", code], cwd=folder, capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(facts.read_text())
+    rc, err = found["first"]
+    assert rc == 1 and "disk is full" in err and "Traceback" not in err, err
+    assert found["second"][0] == 0, found["second"][1]
+    assert found["complete"] == [2e-4, 1e-3], found["states"]
+    assert found["running"] == [] and found["runs_running"] == []
+    assert found["checkpoints"] and all(found["checkpoints"].values()), found["checkpoints"]
