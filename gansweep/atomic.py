@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from gansweep.errors import GansweepError
 
-__all__ = ["atomic_path", "refuse_existing"]
+__all__ = ["atomic_path", "refuse_existing", "uninterrupted"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -32,6 +34,28 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends, then act as they would have: a file and the record that
+    vouches for it (a checkpoint and its SHA-256) are written together or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in caught:
+            if callable(previous[sig]):
+                previous[sig](sig, None)
+            else:
+                os.kill(os.getpid(), sig)
 
 
 def refuse_existing(path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Checkpoints: everything needed to sample from a run, or to continue it, in one atomically written file."""
+"""Checkpoints: `last.pt`, everything needed to continue a run, and `best.pt`, the generator to sample from; each
+written atomically and whole (a full disk is an OSError, never half a file)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +53,10 @@ def save_checkpoint(state: TrainState, path: Path, resumable: bool = True) -> Pa
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "resume": state.resume,
         })
+    buffer = io.BytesIO()  # torch.save into a file hides a full disk in a RuntimeError; a plain write says ENOSPC
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 
@@ -105,7 +109,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", expected_sha
 class CheckpointHook(Hook):
     """Replaces `last.pt` at every checkpoint (each epoch's end) with a resumable checkpoint, and writes
     `best.pt` (the generator alone) whenever the objective improves; either file stays intact until its
-    successor is whole. `on_saved(paths)` is told which files changed, to copy them where they are kept."""
+    successor is whole. `on_saved(state, paths)` is told which files changed (best.pt first), to copy them where
+    they are kept."""
 
     def __init__(self, directory: Path, objective: str, minimize: bool,
                  on_saved: Callable[[TrainState, list[Path]], None] | None = None):
@@ -125,8 +130,9 @@ class CheckpointHook(Hook):
             self.best, self.best_epoch = value, state.epoch
 
     def on_checkpoint(self, state: TrainState) -> None:
-        saved = [save_checkpoint(state, self.directory / "last.pt")]
+        saved = []
         if self.best_epoch == state.epoch:
             saved.append(save_checkpoint(state, self.directory / "best.pt", resumable=False))
+        saved.append(save_checkpoint(state, self.directory / "last.pt"))
         if self.on_saved is not None:
             self.on_saved(state, saved)

@@ -161,7 +161,7 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     try:
         outcome = run_study(spec, StudyOptions(variants=variants or None, seeds=seed_list, **options))
     except KeyboardInterrupt as e:
-        click.echo(f"{e or 'interrupted'}: finished trials are kept; run the same command to continue", err=True)
+        click.echo(f"{str(e) or 'interrupted'}: finished trials are kept; run the same command to continue", err=True)
         raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
     except Exception as e:
         if not _disk_full(e):

@@ -2,8 +2,9 @@
 continued by the next trial of the same point from its last checkpoint, into the same MLflow run, so a death costs
 at most the epoch under way.
 
-A checkpoint is read back only when it is the file its run recorded (SHA-256), of the resumable kind, and was
-made with the very configuration the new trial asks for; anything else starts the point over, saying why.
+A checkpoint is read back only when its run is still there, the file is the one its run recorded (SHA-256), of
+the resumable kind, made with the very configuration the new trial asks for, and scored in the same way on the
+same kind of device (the feature network, the evaluation size); anything else starts the point over, saying why.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from gansweep.liveness import is_lost
 
 __all__ = ["Resume", "resumable_attempt", "fetch_checkpoint", "RESUMABLE_ATTR"]
 
-RESUMABLE_ATTR = "resumable"  # on a trial failed by the machine (a full disk, memory), not by its values
+RESUMABLE_ATTR = "resumable"  # on a trial failed by something other than its values: the machine, or a bug
 
 
 @dataclass(frozen=True)
@@ -58,41 +59,63 @@ def _stopped_early(trial: FrozenTrial) -> bool:
     return is_lost(trial) or status == "interrupted" or bool(trial.user_attrs.get(RESUMABLE_ATTR))
 
 
-def resumable_attempt(study: Any, client: Any, params: Mapping[str, Any], config: TrainConfig,
-                      variant: str) -> Resume | None:
-    """The latest earlier trial of the same point that stopped early and left a checkpoint this trial can
-    continue from, or None (the point starts over)."""
-    import torch
+def resumable_attempt(study: Any, client: Any, trial: Any, params: Mapping[str, Any], config: TrainConfig,
+                      variant: str, environment: Mapping[str, str]) -> Resume | None:
+    """The latest earlier trial of the same point that stopped early and left a checkpoint `trial` can continue
+    from, claimed for it (`resumed_from`) before anything is read, or None (the point starts over).
+    `environment`: run params that must not have changed (the scoring, the device)."""
+    from mlflow.exceptions import MlflowException
 
     trials = study.get_trials(deepcopy=False)
     taken = {t.user_attrs.get("resumed_from") for t in trials if t.state != TrialState.FAIL}
     earlier = [t for t in trials if t.state == TrialState.FAIL and _stopped_early(t)
                and _params(t) == dict(params) and t.number not in taken]
-    for trial in sorted(earlier, key=lambda t: t.number, reverse=True):
-        run_id = trial.user_attrs.get("mlflow_run_id")
+    for earlier_trial in sorted(earlier, key=lambda t: t.number, reverse=True):
+        run_id = earlier_trial.user_attrs.get("mlflow_run_id")
         if run_id is None:
             continue
-        tags = client.get_run(run_id).data.tags
-        if "gansweep.checkpoint_epoch" not in tags:
-            return None  # it stopped before its first epoch ended: nothing to continue from
-        with tempfile.TemporaryDirectory(prefix="gansweep-resume-") as directory:
-            try:
-                path, recorded = fetch_checkpoint(client, run_id, "last.pt", Path(directory))
-                from gansweep.checkpoint import sha256
-
-                if recorded is None or sha256(path) != recorded:
-                    raise GansweepError("its last.pt is not the file the run recorded (SHA-256 differs)")
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-            except GansweepError as e:
-                _say(trial, str(e))
-                return None
-            except Exception as e:  # a file torch cannot read is the same as none
-                _say(trial, f"its last.pt cannot be read ({type(e).__name__})")
-                return None
-        if not saved.get("resumable") or saved.get("variant") != variant or saved.get("config") != config.to_dict():
-            _say(trial, "its checkpoint was made with other settings")
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            _say(earlier_trial, "its MLflow run is gone")
             return None
-        return Resume(trial.number, run_id, saved)
+        if run.info.lifecycle_stage != "active":
+            _say(earlier_trial, "its MLflow run was deleted")
+            return None
+        if "gansweep.checkpoint_epoch" not in run.data.tags:
+            return None  # it stopped before its first epoch ended: nothing to continue from
+        changed = sorted(k for k, v in environment.items() if run.data.params.get(k, v) != v)
+        if changed:
+            _say(earlier_trial, f"it was scored or trained otherwise: {', '.join(changed)} changed")
+            return None
+        trial.set_user_attr("resumed_from", earlier_trial.number)  # no other trial takes it from now on
+        saved = _load(client, run_id, earlier_trial)
+        if saved is not None and (not saved.get("resumable") or saved.get("variant") != variant
+                                  or saved.get("config") != config.to_dict()):
+            _say(earlier_trial, "its checkpoint was made with other settings")
+            saved = None
+        if saved is None:
+            trial.set_user_attr("resumed_from", None)
+            return None
+        return Resume(earlier_trial.number, run_id, saved)
+    return None
+
+
+def _load(client: Any, run_id: str, trial: FrozenTrial) -> dict[str, Any] | None:
+    import torch
+
+    from gansweep.checkpoint import sha256
+
+    with tempfile.TemporaryDirectory(prefix="gansweep-resume-") as directory:
+        try:
+            path, recorded = fetch_checkpoint(client, run_id, "last.pt", Path(directory))
+            if recorded is None or sha256(path) != recorded:
+                raise GansweepError("its last.pt is not the file the run recorded (SHA-256 differs)")
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except GansweepError as e:
+            _say(trial, str(e))
+        except Exception as e:  # a file torch cannot read is the same as none
+            _say(trial, f"its last.pt cannot be read ({type(e).__name__})")
     return None
 
 

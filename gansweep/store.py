@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import sys
@@ -113,12 +114,18 @@ class _MendingJournal(JournalFileBackend):
         super().__init__(file_path, JournalFileSymlinkLock(file_path))
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Optuna's append (one write of whole lines, then fsync), after the mend, under one hold of the lock:
+        no other writer can tear the tail in between."""
+        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
         self._lock.acquire()
         try:
             mend_journal(Path(self._file_path))
+            with open(self._file_path, "ab") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
         finally:
             self._lock.release()
-        super().append_logs(logs)
 
 
 def mend_journal(path: Path) -> Path | None:
@@ -171,16 +178,16 @@ def store_lock(uri: str) -> Iterator[None]:
 
 def _rdb_storage(url: str, heartbeat_s: int, grace_s: int) -> Any:
     """Optuna's RDBStorage, with heartbeats. Workers that open a new database together race to create its tables:
-    on one sqlite file they take turns (store_lock); on a server the loser of the race gets a unique-constraint
-    error and tries again, when the tables are there."""
+    on one sqlite file they take turns (store_lock); on a server the loser of the race gets a unique-constraint or
+    duplicate-table error and tries again, when the tables are there."""
     import optuna
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(_TABLE_RACE_TRIES):
         try:
             with store_lock(url):
                 return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s)
-        except IntegrityError:
+        except (IntegrityError, ProgrammingError):
             if attempt == _TABLE_RACE_TRIES - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))

@@ -22,7 +22,7 @@ from gansweep.store import store_lock
 from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
 
 __all__ = ["slug", "client_for", "experiment_id", "experiment_url", "study_parents", "MlflowHook", "RUN_STATUS",
-           "end_run", "git_commit", "store_lock", "checksum_tag"]
+           "end_run", "git_commit", "checksum_tag"]
 
 _BATCH = 1000  # MLflow's limit on metrics per log_batch call
 
@@ -129,9 +129,16 @@ class MlflowHook(Hook):
                   "device": str(state.device), "torch_version": _torch_version(),
                   "gansweep_version": gansweep.__version__, "python_version": platform.python_version(),
                   "git_commit": git_commit() or "unknown", **self.extra_params}
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        # a resumed run has its params already: MLflow refuses to change one, so what differs now (a new commit,
+        # another machine's versions) is kept beside them as a tag
+        recorded = self.client.get_run(self.run_id).data.params
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in recorded]
+        changed = [RunTag(f"gansweep.resumed_with.{k}", str(v)[:5000]) for k, v in params.items()
+                   if k in recorded and recorded[k] != str(v)[:6000]]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
+        if changed:
+            self.client.log_batch(self.run_id, tags=changed)
 
     def on_log(self, state: TrainState, log: StepLog) -> None:
         now = int(time.time() * 1000)
@@ -159,25 +166,24 @@ class MlflowHook(Hook):
 
     def checkpoints_saved(self, state: TrainState, paths: list[Path]) -> None:
         """Copy fresh checkpoints into the run as they are written, each with its SHA-256, so that a process
-        that dies loses only the epoch under way and whoever resumes the run can check what it reads."""
+        that dies loses only the epoch under way and whoever resumes the run can check what it reads. Ctrl-C
+        waits until a file and its checksum are both recorded."""
+        from gansweep.atomic import uninterrupted
         from gansweep.checkpoint import sha256
 
-        for path in paths:
-            try:
-                self.client.log_artifact(self.run_id, str(path), "checkpoints")
-            except BaseException:  # a full disk leaves part of the file: no half checkpoint stays in the run
-                _delete_artifact(self.client, self.run_id, f"checkpoints/{path.name}")
-                raise
-            tags = [RunTag(checksum_tag(path.name), sha256(path))]
-            if path.name == "last.pt":
-                tags.append(RunTag("gansweep.checkpoint_epoch", str(state.epoch)))
-            else:
-                tags.append(RunTag("gansweep.best_epoch", str(state.epoch)))
-                value = state.scores.get(self.objective)
-                if value is not None:
-                    self.client.log_metric(self.run_id, f"best/{self.objective}", value, step=state.epoch)
-            self.client.log_batch(self.run_id, tags=tags)
-            path.unlink()  # kept in the run now; a process killed later leaves no copy behind
+        with uninterrupted():
+            for path in paths:
+                self.client.log_artifact(self.run_id, str(path), "checkpoints")  # replaces the old file whole
+                tags = [RunTag(checksum_tag(path.name), sha256(path))]
+                if path.name == "last.pt":
+                    tags.append(RunTag("gansweep.checkpoint_epoch", str(state.epoch)))
+                else:
+                    tags.append(RunTag("gansweep.best_epoch", str(state.epoch)))
+                    value = state.scores.get(self.objective)
+                    if value is not None:
+                        self.client.log_metric(self.run_id, f"best/{self.objective}", value, step=state.epoch)
+                self.client.log_batch(self.run_id, tags=tags)
+                path.unlink()  # kept in the run now; a process killed later leaves no copy behind
 
     def on_end(self, state: TrainState, result: TrainResult) -> None:
         grids = sorted((self.work_dir / "samples").glob("epoch_*.png"))
@@ -189,15 +195,6 @@ class MlflowHook(Hook):
         self.client.log_batch(self.run_id, metrics=[
             Metric("perf/wall_time_s", result.wall_time_s, int(time.time() * 1000), result.epochs)])
         end_run(self.client, self.run_id, result.status, result.reason)
-
-
-def _delete_artifact(client: MlflowClient, run_id: str, path: str) -> None:
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    try:
-        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(path)
-    except Exception:  # nothing there, or the store refuses even that: the recorded SHA-256 still guards it
-        pass
 
 
 def checksum_tag(name: str) -> str:

@@ -130,8 +130,9 @@ class Hook:
         is the number just completed."""
 
     def on_checkpoint(self, state: TrainState) -> None:
-        """At an epoch's end once every hook's on_epoch_end has run (and at a stop between epochs): the moment
-        `state`, with `state.resume` filled from every hook's state_dict, is whole enough to continue from."""
+        """At an epoch's end once every hook's on_epoch_end has run (also when one of them stopped the run
+        there): the moment `state`, with `state.resume` filled from every hook's state_dict, is whole enough to
+        continue from."""
 
     def on_end(self, state: TrainState, result: TrainResult) -> None:
         """Once, however training ended (KeyboardInterrupt too, with status 'interrupted', before it propagates)."""
@@ -239,14 +240,20 @@ def _resume(state: TrainState, saved: dict[str, Any], hooks: Sequence[Hook], div
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
     state.epoch, state.step, state.d_steps = saved["epoch"], saved["step"], saved["d_steps"]
     state.images_seen, state.wall_time_s = saved["images_seen"], saved["resume"]["wall_time_s"]
+    state.scores, state.notes, state.last = (dict(saved["resume"][k]) for k in ("scores", "notes", "last"))
     divergence.load_state_dict(saved["resume"]["divergence"])
     for hook in hooks:
         if type(hook).__name__ in saved["resume"]["hooks"]:
             hook.load_state_dict(saved["resume"]["hooks"][type(hook).__name__])
 
 
-def _checkpoint(state: TrainState, hooks: Sequence[Hook], divergence: DivergenceCheck, started: float) -> None:
+def _checkpoint(state: TrainState, hooks: Sequence[Hook], divergence: DivergenceCheck, started: float,
+                stopped: StopTraining | None = None) -> None:
+    """Fill `state.resume` and call every hook's on_checkpoint; `stopped`: the run ends here, and a resume of
+    this checkpoint ends the same way at once."""
     state.resume = {"divergence": divergence.state_dict(), "wall_time_s": _wall_time(state, started),
+                    "scores": dict(state.scores), "notes": dict(state.notes), "last": dict(state.last),
+                    "stopped": None if stopped is None else [stopped.status, stopped.reason],
                     "hooks": {type(h).__name__: h.state_dict() for h in hooks if h.state_dict()}}
     for hook in hooks:
         hook.on_checkpoint(state)
@@ -268,9 +275,11 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
     pending: list[int] = []
     clock = {"time": time.perf_counter(), "images": 0}
     divergence = DivergenceCheck(config, loss.probabilistic)
+    stopped: list[str] | None = None  # a resumed checkpoint of a run that a hook had already stopped
     if resume is not None:
         _resume(state, resume, hooks, divergence)
         clock["images"] = state.images_seen
+        stopped = resume["resume"]["stopped"]
     checkpointed = state.epoch
     g_params, d_params = list(state.g.parameters()), list(state.d.parameters())
     device = state.device
@@ -296,12 +305,12 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
         for hook in hooks:
             hook.on_log(state, log)
 
-    status, reason = "finished", f"completed {config.epochs} epochs"
+    status, reason = ("finished", f"completed {config.epochs} epochs") if stopped is None else stopped
     started = time.perf_counter()
     try:
         for hook in hooks:
             hook.on_start(state)
-        while state.epoch < config.epochs:
+        while stopped is None and state.epoch < config.epochs:
             order = torch.randperm(n_train, device=device, generator=state.rng)
             for g_step in range(steps_per_epoch):
                 for critic_step in range(config.n_critic):
@@ -362,11 +371,14 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
     except StopTraining as e:
         status, reason = e.status, e.reason
         if state.epoch > checkpointed:  # a hook stopped the run at an epoch's end: that epoch is whole
-            _checkpoint(state, hooks, divergence, started)
+            _checkpoint(state, hooks, divergence, started, e)
     except KeyboardInterrupt as e:
         result = _result(state, "interrupted", str(e) or "interrupted by the user", started)
         for hook in hooks:
-            hook.on_end(state, result)
+            try:
+                hook.on_end(state, result)
+            except Exception:  # a store gone as well: the interrupt is what ends the run, and what is raised
+                pass
         raise
     result = _result(state, status, reason, started)
     for hook in hooks:

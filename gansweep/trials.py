@@ -37,6 +37,11 @@ def _key(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
 
 
+def _asked(trial: Any) -> dict[str, Any]:
+    """A trial's parameters, also while an enqueued one has not suggested them yet (Optuna holds them aside)."""
+    return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
 class TrialRunner:
     """Runs trials of one study: asks Optuna for parameters, trains, and tells Optuna and MLflow how it ended."""
 
@@ -68,13 +73,14 @@ class TrialRunner:
             if redo:  # GridSampler counts a failed point as visited; ask for it again explicitly
                 self.study.enqueue_trial(redo[0])
             trial = self.study.ask()
-            params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
-            for name, values in self.spec.space.items():
-                params[name] = trial.suggest_categorical(name, list(values))
-            params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
-            if self._stand_down_if_taken(trial, lambda other: _key(other.params) == _key(params), "point"):
-                continue
-            self._run(trial, params, len(grid), ("point", _key(params)))
+            with self.liveness.alive(trial):
+                params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
+                for name, values in self.spec.space.items():
+                    params[name] = trial.suggest_categorical(name, list(values))
+                params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
+                if self._stand_down_if_taken(trial, lambda other: _key(_asked(other)) == _key(params), "point"):
+                    continue
+                self._train(trial, params, len(grid), ("point", _key(params)))
             ran += 1
         return ran
 
@@ -150,28 +156,30 @@ class TrialRunner:
         spec = self.spec
         self.study.enqueue_trial({"variant": variant})
         trial = self.study.ask()
-        params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
-        for name, values in spec.space.items():
-            params[name] = _suggest(trial, name, values)
-        params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
-        trial.set_user_attr("seed", params["seed"])
-        trial.set_user_attr("phase", "search")
-        self._run(trial, params, total, ("search", variant))
+        with self.liveness.alive(trial):
+            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
+            for name, values in spec.space.items():
+                params[name] = _suggest(trial, name, values)
+            params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
+            trial.set_user_attr("seed", params["seed"])
+            trial.set_user_attr("phase", "search")
+            self._train(trial, params, total, ("search", variant))
 
     def _rerun(self, best: Any, seed: int, total: int) -> bool:
         """Re-run a variant's best parameters with `seed`; False if another process took it first."""
         spec = self.spec
         self.study.enqueue_trial(best.params)
         trial = self.study.ask()
-        params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
-        params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
-        for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
-            trial.set_user_attr(key, value)
-        if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
-                                     and other.params.get("variant") == params["variant"]
-                                     and other.user_attrs.get("seed") == seed, "re-run"):
-            return False
-        self._run(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
+        with self.liveness.alive(trial):
+            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
+            params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
+            for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
+                trial.set_user_attr(key, value)
+            if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
+                                         and _asked(other).get("variant") == params["variant"]
+                                         and other.user_attrs.get("seed") == seed, "re-run"):
+                return False
+            self._train(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
         return True
 
     def _live(self, phase: str) -> list[Any]:
@@ -212,12 +220,9 @@ class TrialRunner:
         return tuple(line for key, line in self.failed.items()
                      if (key not in live if key[0] == "point" else self._given_up(key)))
 
-    def _run(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> None:
-        """Train the trial and tell Optuna how it ended, all the while visibly alive to other processes."""
-        with self.liveness.alive(trial):
-            self._train(trial, params, total, key)
-
     def _train(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> None:
+        """Train the trial (from its point's last checkpoint, when an earlier attempt left one) and tell Optuna
+        and MLflow how it ended; the caller keeps the trial visibly alive to other processes meanwhile."""
         from gansweep.runs import tracked_training
         from gansweep.variants import get_variant
 
@@ -228,7 +233,9 @@ class TrialRunner:
         swept = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in params.items() if k != "variant")
         config = variant.config(**spec.changes(params))  # checked with the study file: cannot fail here
-        resume = resumable_attempt(self.study, self.client, params, config, variant.name)
+        environment = {k: str(v) for k, v in {**self.evaluator.params(),
+                                              "device": str(self.data.train_images.device)}.items()}
+        resume = resumable_attempt(self.study, self.client, trial, params, config, variant.name, environment)
         tags = {"mlflow.parentRunId": self.parent_id, "gansweep.study": spec.name, "gansweep.role": "trial",
                 "gansweep.optuna_study": self.study.study_name, "gansweep.trial": str(trial.number),
                 "gansweep.variant": variant.name, "gansweep.dataset": spec.dataset,
@@ -237,11 +244,10 @@ class TrialRunner:
             run_id = self.client.create_run(self.experiment, run_name=f"{trial.number:03d} {variant.name} {swept}",
                                             tags=tags).info.run_id
         else:  # the same MLflow run goes on, now under this trial
-            run_id = resume.run_id
-            self.client.update_run(run_id, status="RUNNING")
+            run_id = resume.run_id  # tagged with this trial before it runs again, so nobody ends it as lost
             self.client.set_tag(run_id, "gansweep.trial", str(trial.number))
             self.client.set_tag(run_id, "gansweep.resumed", f"trial {resume.trial} at epoch {resume.saved['epoch']}")
-            trial.set_user_attr("resumed_from", resume.trial)
+            self.client.update_run(run_id, status="RUNNING")
             trial.set_user_attr("resumed_at_epoch", resume.saved["epoch"])
         trial.set_user_attr("mlflow_run_id", run_id)
         label = f"trial {trial.number + 1}/{total} {variant.name} {swept}"
@@ -262,7 +268,7 @@ class TrialRunner:
         except GansweepError as e:
             self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})", str(e))
             return
-        except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then shown in full
+        except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then raised
             with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
                 trial.set_user_attr(RESUMABLE_ATTR, True)
             self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})",

@@ -136,3 +136,28 @@ def test_a_checkpoint_that_is_not_the_recorded_one_is_refused(tmp_path, tiny_dat
     path.write_bytes(bytes(data[:len(data) // 3]))  # truncated, as a full disk leaves it
     with pytest.raises(GansweepError, match="SHA-256 differs"):
         load_checkpoint(path, expected_sha256=recorded)
+
+
+def test_a_run_resumed_after_its_last_epoch_or_its_stop_ends_as_it_did(tmp_path, tiny_data):
+    """Killed after the last checkpoint but before its trial was told: the resumed run trains nothing more and
+    reports what the run had (its scores, notes, status), so its point is recorded as done, with its value."""
+    from gansweep.trainer import StopTraining
+
+    class Scores(Hook):
+        def on_epoch_end(self, state):
+            state.scores["score/x"] = float(state.epoch)
+            state.notes["seen"] = f"epoch {state.epoch}"
+            if state.epoch == self.stop_at:
+                raise StopTraining("pruned", "told to stop")
+
+        def __init__(self, stop_at=None):
+            self.stop_at = stop_at
+
+    variant = get_variant("gan")
+    config = variant.config(**{**TINY, "epochs": 3})
+    for stop_at, status, epochs in ((None, "finished", 3), (2, "pruned", 2)):
+        done = train(variant, config, tiny_data, [Scores(stop_at), CheckpointHook(tmp_path, "score/x", True)])
+        saved = torch.load(tmp_path / "last.pt", weights_only=True)
+        again = train(variant, config, tiny_data, [Scores(stop_at)], resume=saved)
+        assert (again.status, again.reason, again.epochs, again.steps) == (status, done.reason, epochs, done.steps)
+        assert again.scores == done.scores and again.notes == done.notes and again.last == done.last

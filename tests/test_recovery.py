@@ -299,6 +299,7 @@ def full_disk_scenario(folder: Path, facts: Path) -> None:
         "first": [first.returncode, first_err], "second": [second.returncode, second_out + second_err],
         "states": [[t.number, t.state.name, t.user_attrs.get("status")] for t in study().trials],
         "complete": sorted(t.params["lr"] for t in study().trials if t.state == TrialState.COMPLETE),
+        "resumed_at": [t.user_attrs["resumed_at_epoch"] for t in study().trials if "resumed_at_epoch" in t.user_attrs],
         "running": [t.number for t in study().trials if t.state == TrialState.RUNNING],
         "runs_running": [r.info.run_id for r in child_runs() if r.info.status == "RUNNING"],
         "checkpoints": checkpoints}))
@@ -322,5 +323,59 @@ def test_a_disk_that_fills_mid_study_costs_no_point(folder):
     assert rc == 1 and "disk is full" in err and "Traceback" not in err, err
     assert found["second"][0] == 0, found["second"][1]
     assert found["complete"] == [2e-4, 1e-3], found["states"]
+    assert len(found["resumed_at"]) == 1 and found["resumed_at"][0] >= 2  # it lost at most the epoch under way
     assert found["running"] == [] and found["runs_running"] == []
     assert found["checkpoints"] and all(found["checkpoints"].values()), found["checkpoints"]
+
+
+def test_commands_that_read_a_checkpoint_check_it_and_leave_nothing_behind(folder):
+    spec = load_spec(write_study(folder, epochs=1, lr="[1e-3]"))
+    run_id = run_study(spec, StudyOptions(device="cpu", progress=False)).table["run_id"][0]
+    tmp = folder / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    for command in (["sample", run_id, "-o", "a.png"], ["interpolate", run_id, "-o", "b.png"],
+                    ["evaluate", run_id, "--n", "100"]):
+        done = subprocess.run([str(GANSWEEP), *command], cwd=folder, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert not list(tmp.iterdir()), command  # the download went with the command
+
+    artifact = Path(client().get_run(run_id).info.artifact_uri.removeprefix("file://")) / "checkpoints" / "last.pt"
+    artifact.write_bytes(artifact.read_bytes()[:-100])  # truncated after it was recorded
+    done = subprocess.run([str(GANSWEEP), "sample", run_id, "-o", "c.png"], cwd=folder, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and not (folder / "c.png").exists()
+    assert done.stderr.strip().splitlines() == ["Error: last.pt is not the checkpoint its run recorded (SHA-256 "
+                                                "differs: truncated or altered since it was written); try the run's "
+                                                "other checkpoint"]
+
+
+def test_the_recorded_commit_is_gansweep_s_own(tmp_path, monkeypatch):
+    import gansweep
+    from gansweep.tracking import git_commit
+
+    repo = tmp_path / "project"
+    installed = repo / ".venv" / "site-packages" / "gansweep"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    for command in (["init", "-q"], ["-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "--allow-empty",
+                                      "-m", "a project that holds a virtual environment"]):
+        subprocess.run(["git", *command], cwd=repo, check=True)
+    monkeypatch.setattr(gansweep, "__file__", str(installed / "__init__.py"))
+    assert git_commit() is None  # the project's commit is not gansweep's
+
+    checkout = repo / "gansweep-checkout"
+    (checkout / "gansweep").mkdir(parents=True)
+    (checkout / "gansweep" / "__init__.py").write_text("")
+    subprocess.run(["git", "init", "-q"], cwd=checkout, check=True)
+    subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-q", "--allow-empty", "-m", "g"],
+                   cwd=checkout, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(gansweep, "__file__", str(checkout / "gansweep" / "__init__.py"))
+    assert git_commit() == head
+
+
+def test_importing_the_study_module_loads_neither_torch_nor_mlflow():
+    code = "import sys, gansweep.study; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
