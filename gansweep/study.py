@@ -1,7 +1,8 @@
 """Studies: a study file says what to sweep, Optuna chooses the trials, each trial is an MLflow child run.
 
 A study is one Optuna study and one MLflow parent run. Running it again continues it: grid points with a
-finished (complete or pruned) trial are not run again, and points whose trial failed or was interrupted are.
+finished (complete or pruned) trial are not run again, and points whose trial failed, was interrupted or was lost
+with its process are, from their last checkpoint where one was left (see `trials` and `resume`).
 """
 
 from __future__ import annotations
