@@ -5,7 +5,9 @@ RUNNING for ever, which would count its point as taken. A database storage recor
 running trial, and `optuna.storages.fail_stale_trials` fails the trials whose heartbeat stopped `GRACE_S` ago.
 Optuna's journal file has no heartbeat: there each running trial holds an exclusive lock on a lease file beside the
 journal and names the lease in its user attributes. The kernel drops the lock when the process ends, however it
-ends, so a RUNNING trial whose lease is free is dead at once.
+ends, so a RUNNING trial whose lease is free is dead at once. Either way a RUNNING trial that names neither a lease
+nor a heartbeat GRACE_S after it started is dead too (its process died right after ask, or an older gansweep left
+it).
 
 A trial failed this way carries no `status` attribute (gansweep sets one on every trial it ends itself): that is
 how every process recognises it as lost.
@@ -18,6 +20,7 @@ import datetime
 import fcntl
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["Liveness", "HEARTBEAT_S", "GRACE_S", "LEASE_ATTR", "is_lost"]
 
+# gansweep drives trials through ask/tell and records their heartbeats itself (`_Heartbeat`), which Optuna warns
+# about on every ask; and its heartbeat API is marked experimental. Neither is news to a user.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message=".*(heartbeat_interval|fail_stale_trials).*experimental",
+                        category=optuna.exceptions.ExperimentalWarning)
+
 HEARTBEAT_S = 5  # how often a running trial's heartbeat is written to a database storage
 GRACE_S = 30  # a database trial with no heartbeat for this long, or a journal trial not leased by then, is dead
-LEASE_ATTR = "lease"
+LEASE_ATTR = "lease"  # the lease file's name on the journal; HEARTBEAT on a database storage
+HEARTBEAT = "heartbeat"
 
 
 def is_lost(trial: FrozenTrial) -> bool:
@@ -49,6 +59,7 @@ class Liveness:
         """While the block runs, `trial` is known to be alive: a held lease, or a heartbeat every HEARTBEAT_S."""
         if self.leases is None:
             with _Heartbeat(self.storage, trial._trial_id):  # Optuna's own trial loop passes the same id
+                trial.set_user_attr(LEASE_ATTR, HEARTBEAT)
                 yield
             return
         self.leases.mkdir(parents=True, exist_ok=True)
@@ -64,10 +75,14 @@ class Liveness:
 
     def fail_dead(self, study: optuna.Study) -> None:
         """Fail every RUNNING trial of `study` whose process is gone (see the module's docstring)."""
+        now = datetime.datetime.now()
         if self.leases is None:
             optuna.storages.fail_stale_trials(study)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if LEASE_ATTR not in trial.user_attrs and _unclaimed_for(trial, now) > GRACE_S:
+                    with contextlib.suppress(Exception):
+                        study.tell(trial.number, state=TrialState.FAIL)
             return
-        now = datetime.datetime.now()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             with self._free_lease(trial, now) as dead:
                 if dead:
@@ -80,8 +95,7 @@ class Liveness:
         assert self.leases is not None
         name = trial.user_attrs.get(LEASE_ATTR)
         if name is None:  # between ask() and taking the lease, or a process that died in that moment
-            started = trial.datetime_start or now
-            yield (now - started).total_seconds() > GRACE_S
+            yield _unclaimed_for(trial, now) > GRACE_S
             return
         path = self.leases / f"{name}.lock"
         try:
@@ -99,6 +113,12 @@ class Liveness:
                 yield True
             finally:
                 path.unlink(missing_ok=True)
+
+
+def _unclaimed_for(trial: FrozenTrial, now: datetime.datetime) -> float:
+    """Seconds since a trial without a lease or heartbeat started: a moment for a live one (it takes one right
+    after ask), ever longer for a trial whose process died before, or that an older gansweep left RUNNING."""
+    return (now - (trial.datetime_start or now)).total_seconds()
 
 
 class _Heartbeat:

@@ -379,3 +379,27 @@ def test_importing_the_study_module_loads_neither_torch_nor_mlflow():
     code = "import sys, gansweep.study; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_running_trial_is_dead_only_once_nothing_keeps_it_alive(tmp_path, monkeypatch, kind):
+    """A trial inside `alive` is never failed; one whose lease was let go (its process ended) is failed at once on
+    the journal, and one that names no lease or heartbeat (an older gansweep left it, or its process died right
+    after ask) once GRACE_S has passed."""
+    import gansweep.liveness as liveness
+
+    store = resolve_store(str(tmp_path), storage=f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else None)
+    storage = store.optuna()
+    keeper = liveness.Liveness(storage, Path(store.storage) if kind == "journal" else None)
+    s = optuna.create_study(study_name="x", storage=storage)
+    orphan, held = s.ask(), s.ask()
+    with keeper.alive(held):
+        keeper.fail_dead(s)
+        assert [t.state for t in s.trials] == [TrialState.RUNNING, TrialState.RUNNING]  # within the grace
+        monkeypatch.setattr(liveness, "GRACE_S", -1)
+        keeper.fail_dead(s)
+        assert [t.state for t in s.trials] == [TrialState.FAIL, TrialState.RUNNING]
+        assert liveness.is_lost(s.trials[0])
+    if kind == "journal":  # its lease is free now, as when the process holding it dies
+        keeper.fail_dead(s)
+        assert s.trials[1].state == TrialState.FAIL and liveness.is_lost(s.trials[1])
