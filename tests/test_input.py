@@ -8,7 +8,7 @@ import math
 import optuna
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -491,6 +491,7 @@ TRAIN_OPTIONS = ["--epochs", "--batch-size", "--lr", "--lr-g", "--lr-d", "--drop
 def test_fuzzed_train_options_end_in_one_line_or_a_finished_run(here, option, value):
     """Whatever one option holds, `gansweep train` either refuses it in one line (exit 2, nothing created) or
     trains a short run to its end (exit 0, or 1 when it diverged): never a traceback, never a RUNNING run."""
+    assume(not (option == "--epochs" and value.strip().isdigit() and int(value) > 2))  # valid, and long
     budget = {"--epochs": "1", "--batch-size": "2000", "--n-eval": "200", "--device": "cpu"}
     budget.pop(option, None)
     args = [a for pair in budget.items() for a in pair]
