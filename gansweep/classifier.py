@@ -1,14 +1,19 @@
-"""The feature network behind the proxy scores: a small CNN classifier trained on the dataset's own train split.
+"""The feature network behind the proxy scores: a small CNN classifier of the dataset's classes plus one more,
+"not a digit" (any image that is no class at all), whose penultimate layer is the space the scores live in.
 
-Inception weights cannot be assumed offline and fit 28x28 digits poorly, so the scores are measured in the
-feature space of a classifier of the same data, as MNIST GAN papers commonly do. It is trained once per machine
-and cached, keyed by the data's checksum and FEATURE_NET_VERSION; its held-out accuracy is stored with it.
+Inception weights cannot be assumed offline and fit 28x28 digits poorly, so the scores are measured in the feature
+space of a classifier of the same data, as MNIST GAN papers commonly do. A network retrained on each machine is a
+different network (floating-point order alone changes its weights, and a second one moved the same generators'
+FID by up to 15%), so MNIST's ships with the package, trained once by `scripts/train_feature_net.py`; every machine
+scores with the same bytes, checked against their SHA-256. mnist-5k uses it too. A dataset without shipped weights
+gets a network trained here by the same recipe, cached per machine, and says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import sys
 import time
@@ -16,20 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gansweep.atomic import atomic_path
 from gansweep.data import Dataset
 from gansweep.errors import GansweepError
 
-__all__ = ["FEATURE_NET_VERSION", "FeatureNet", "Classifier", "cache_dir", "cached_path", "cached_records",
-           "get_classifier", "train_classifier"]
+__all__ = ["FEATURE_NET_VERSION", "FEATURES", "FeatureNet", "Classifier", "SHIPPED", "shipped_dir", "cache_dir",
+           "cached_path", "cached_records", "shipped_records", "get_classifier", "digit_accuracy", "weights_checksum",
+           "load_network_file", "network_bytes"]
 
-FEATURE_NET_VERSION = 1  # raise when the architecture or its training changes: cached networks are then retrained
+FEATURE_NET_VERSION = 2  # raise when the architecture or its recipe changes: cached networks are then retrained
 FEATURES = 128  # width of the penultimate layer, the space FID, KID and precision/recall are measured in
-_EPOCHS, _BATCH, _LR, _SHIFT = 12, 64, 1e-3, 2  # training recipe; _SHIFT: random translation in pixels
 _CHUNK = 1000  # images per forward pass when featurising
+SHIPPED = {"mnist": "mnist", "mnist-5k": "mnist"}  # dataset -> the network shipped for it, in shipped_dir()
+
+
+def shipped_dir() -> Path:
+    return Path(__file__).parent / "feature_nets"
 
 
 def cache_dir() -> Path:
@@ -38,7 +47,8 @@ def cache_dir() -> Path:
 
 
 class FeatureNet(nn.Module):
-    """Two conv blocks (BatchNorm: 97% on mnist-5k in 12 epochs), pooled to 4x4, 128 features, then logits."""
+    """Two conv blocks with BatchNorm, pooled to 4x4, 128 features, then n_classes + 1 logits: the last is
+    "not a digit"."""
 
     def __init__(self, channels: int, n_classes: int):
         super().__init__()
@@ -46,7 +56,7 @@ class FeatureNet(nn.Module):
             nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, FEATURES), nn.ReLU())
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(FEATURES, n_classes))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(FEATURES, n_classes + 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
@@ -54,13 +64,14 @@ class FeatureNet(nn.Module):
 
 @dataclass(frozen=True)
 class Classifier:
-    """A trained FeatureNet in inference mode, with what it was trained on and how well it classifies."""
+    """A FeatureNet in inference mode, with what it was trained on and how well it classifies."""
 
     net: FeatureNet
-    dataset: str
-    data_checksum: str
-    accuracy: float  # on the held-out split
+    name: str  # the network's name: the dataset it was trained on
+    data_checksum: str  # of that dataset
+    accuracy: float  # on that dataset's held-out split
     checksum: str  # of the weights: a run records which feature network its scores came from
+    shipped: bool  # the package's own weights, the same on every machine (else trained on this one)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -77,45 +88,16 @@ class Classifier:
         return self
 
 
-def _shift(x: Tensor, rng: torch.Generator) -> Tensor:
-    """Random translation by up to _SHIFT pixels (one offset per batch): cheap augmentation on the device."""
-    dx, dy = (int(v) for v in torch.randint(-_SHIFT, _SHIFT + 1, (2,), generator=rng))
-    return torch.roll(F.pad(x, (_SHIFT,) * 4, value=-1.0), (dy, dx), (2, 3))[..., _SHIFT:-_SHIFT, _SHIFT:-_SHIFT]
-
-
 @torch.no_grad()
-def _accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
+def digit_accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
+    """Share of images whose top logit is their label; "not a digit" counts as wrong."""
     net.eval()
     correct = sum(int((net(images[i:i + _CHUNK]).argmax(1) == labels[i:i + _CHUNK]).sum())
                   for i in range(0, len(images), _CHUNK))
     return correct / len(images)
 
 
-def train_classifier(data: Dataset, epochs: int = _EPOCHS, seed: int = 0) -> Classifier:
-    """Train a FeatureNet on the train split and measure it on the held-out split."""
-    torch.manual_seed(seed)
-    device = data.train_images.device
-    net = FeatureNet(data.record.image_shape[0], data.record.n_classes).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=_LR)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    rng = torch.Generator().manual_seed(seed)
-    n = len(data.train_images)
-    for _ in range(epochs):
-        net.train()
-        order = torch.randperm(n, generator=rng).to(device)
-        for start in range(0, n - _BATCH + 1, _BATCH):
-            idx = order[start:start + _BATCH]
-            loss = F.cross_entropy(net(_shift(data.train_images[idx], rng)), data.train_labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        schedule.step()
-    net.eval()
-    return Classifier(net, data.record.name, data.record.checksum,
-                      _accuracy(net, data.test_images, data.test_labels), _weights_checksum(net))
-
-
-def _weights_checksum(net: nn.Module) -> str:
+def weights_checksum(net: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(net.state_dict().items()):
         digest.update(name.encode())
@@ -123,23 +105,48 @@ def _weights_checksum(net: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_path(dataset: str, data_checksum: str) -> Path:
-    return cache_dir() / f"{dataset}-{data_checksum}-v{FEATURE_NET_VERSION}.pt"
+def network_bytes(net: FeatureNet, record: dict[str, object]) -> bytes:
+    """A network and what is known of it, as one file's bytes (shipped, cached, or logged to a study)."""
+    buffer = io.BytesIO()
+    torch.save({"weights": {k: v.cpu() for k, v in net.state_dict().items()}, **record}, buffer)
+    return buffer.getvalue()
 
 
-def _load(path: Path, channels: int, n_classes: int) -> Classifier:
+def load_network_file(path: Path, channels: int, n_classes: int, shipped: bool = False) -> Classifier:
+    """A network file written by `network_bytes`; one clear error if it is not one, or not of this shape."""
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
         net = FeatureNet(channels, n_classes)
         net.load_state_dict(raw["weights"])
-    except Exception as e:  # a truncated or foreign file is retrained, never trusted
-        raise GansweepError(f"{path} is not a readable feature network ({type(e).__name__})") from None
+        name, data_checksum, accuracy = raw["dataset"], raw["data_checksum"], float(raw["accuracy"])
+    except Exception as e:
+        raise GansweepError(f"{path} is not a feature network for {channels}-channel images of {n_classes} "
+                            f"classes ({type(e).__name__})") from None
     net.eval()
-    return Classifier(net, raw["dataset"], raw["data_checksum"], raw["accuracy"], raw["checksum"])
+    return Classifier(net, name, data_checksum, accuracy, weights_checksum(net), shipped)
+
+
+def _shipped(name: str, channels: int, n_classes: int) -> Classifier:
+    """The package's network `name`, after checking its file against the SHA-256 recorded beside it."""
+    path, record = shipped_dir() / f"{name}.pt", json.loads((shipped_dir() / f"{name}.json").read_text())
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != record["sha256"]:
+        raise GansweepError(f"{path} has SHA-256 {found}, not the {record['sha256']} it shipped with; "
+                            "reinstall gansweep")
+    return load_network_file(path, channels, n_classes, shipped=True)
+
+
+def shipped_records() -> list[dict]:
+    """What each shipped network's record says (recipe, accuracies, checksums), for listing and the README."""
+    return [json.loads(p.read_text()) for p in sorted(shipped_dir().glob("*.json"))]
+
+
+def cached_path(dataset: str, data_checksum: str) -> Path:
+    return cache_dir() / f"{dataset}-{data_checksum}-v{FEATURE_NET_VERSION}.pt"
 
 
 def cached_records() -> list[dict]:
-    """What `gansweep list datasets` shows of each cached network (this version), without loading any data."""
+    """What `gansweep list datasets` shows of each network trained on this machine, without loading any data."""
     records = []
     for path in sorted(cache_dir().glob(f"*-v{FEATURE_NET_VERSION}.pt")):
         try:
@@ -151,25 +158,29 @@ def cached_records() -> list[dict]:
 
 
 def get_classifier(data: Dataset, log: bool = True) -> Classifier:
-    """The cached feature network of `data`, trained and cached first if this machine has none."""
+    """The feature network of `data`: the shipped one where there is one, else this machine's, trained and
+    cached first if there is none yet."""
     record = data.record
+    channels, device = record.image_shape[0], data.train_images.device
+    if record.name in SHIPPED:
+        return _shipped(SHIPPED[record.name], channels, record.n_classes).to(device)
     path = cached_path(record.name, record.checksum)
-    device = data.train_images.device
     if path.is_file():
         try:
-            return _load(path, record.image_shape[0], record.n_classes).to(device)
-        except GansweepError:
+            return load_network_file(path, channels, record.n_classes).to(device)
+        except GansweepError:  # a truncated or foreign file is retrained, never trusted
             pass
     if log:
-        print(f"training the {record.name} feature network (once per machine, cached in {path.parent})",
+        print(f"training the {record.name} feature network: no network ships for {record.name}, so its scores "
+              f"compare only with runs scored by this machine's (once per machine, cached in {path.parent})",
               file=sys.stderr, flush=True)
+    from gansweep.feature_training import train_classifier
+
     started = time.perf_counter()
     classifier = train_classifier(data)
-    seconds = time.perf_counter() - started
-    buffer = io.BytesIO()
-    torch.save({"weights": {k: v.cpu() for k, v in classifier.net.state_dict().items()},
-                "dataset": record.name, "data_checksum": record.checksum, "accuracy": classifier.accuracy,
-                "checksum": classifier.checksum, "seconds": seconds, "version": FEATURE_NET_VERSION}, buffer)
+    blob = network_bytes(classifier.net, {"dataset": record.name, "data_checksum": record.checksum,
+                                          "accuracy": classifier.accuracy, "checksum": classifier.checksum,
+                                          "seconds": time.perf_counter() - started, "version": FEATURE_NET_VERSION})
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(blob)
     return classifier

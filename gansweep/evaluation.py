@@ -2,7 +2,8 @@
 
 An `Evaluator` featurises the real images once; `ScoreHook` scores a training run after every epoch with it, and
 `evaluate_checkpoint` scores any saved generator the same way. Every score is read against its floor: the same
-score for held-out real images against training real images.
+score for held-out real images against training real images. Each epoch's samples are also judged (see
+collapse.py), and D is asked how much more it believes its training images than held-out ones.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import torch
 from torch import Tensor
 
 from gansweep.classifier import Classifier
+from gansweep.collapse import judge
 from gansweep.data import Dataset
 from gansweep.errors import ConfigError, GansweepError
 from gansweep.nets import generate
-from gansweep.metrics import (class_coverage, classifier_score, conditional_accuracy, frechet_distance,
-                              gaussian_stats, kid, parzen_log_likelihood, precision_recall)
+from gansweep.metrics import (class_coverage, classifier_score, conditional_accuracy, digit_predictions,
+                              frechet_distance, gaussian_stats, kid, parzen_log_likelihood, precision_recall)
 from gansweep.trainer import Hook, StopTraining, TrainState
 
 __all__ = ["Score", "SCORES", "N_EVAL", "eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED",
-           "MODE_COLLAPSE_COVERAGE", "collapsed", "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples", "MAX_EVAL",
-           "check_eval_size"]
+           "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples", "MAX_EVAL", "check_eval_size"]
 
 
 @dataclass(frozen=True)
@@ -39,32 +40,32 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("kid_proxy", "minimize", "unbiased MMD^2, cubic kernel on classifier features, mean over subsets"),
     Score("kid_proxy_std", "minimize", "spread of kid_proxy over its subsets"),
     Score("is_proxy", "maximize", "exp E KL(p(y|x) || p(y)) under the classifier, 1 to n_classes"),
-    Score("coverage", "maximize", "share of classes that get at least half a uniform share of samples"),
-    Score("class_kl", "minimize", "KL(class histogram of samples || uniform)"),
+    Score("coverage", "maximize", "share of classes that get at least half a fair share of the confident samples"),
+    Score("class_kl", "minimize", "KL(class histogram of the confident samples || uniform)"),
+    Score("confident", "maximize", "share of samples the classifier calls one digit with probability >= 0.5"),
+    Score("rejected", "minimize", "share of samples the classifier calls not a digit"),
     Score("precision", "maximize", "share of samples inside the real k-NN manifold (k=3)"),
     Score("recall", "maximize", "share of real images inside the samples' k-NN manifold (k=3)"),
     Score("cond_accuracy", "maximize", "how often the classifier names the requested label", True),
+    Score("d_overfit", "minimize", "D's mean output on training images minus on held-out real ones"),
 )}
 
-N_EVAL = {"cpu": 2000, "cuda": 10000}  # images per evaluation, bounded by the held-out split
+N_EVAL = 5000  # images per evaluation on every device (bounded by the splits), so all workers score on one scale
 MAX_EVAL = 100_000  # the most images an evaluation may be asked for; every split here is smaller anyway
 EVAL_NOISE_SEED = 4321  # the same evaluation noise every epoch, so a score's change is G's change
 KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0
-MODE_COLLAPSE_COVERAGE = 0.5  # below this coverage a run is tagged mode_collapse (5 of 10 classes missing)
 
 
 def check_eval_size(requested: int | None, name: str) -> None:
-    """The one rule for a requested evaluation size (None: the device's default), checked before data load."""
+    """The one rule for a requested evaluation size (None: N_EVAL), checked before data load."""
     if requested is not None and not 2 <= requested <= MAX_EVAL:
         raise ConfigError(f"{name} must be in [2, {MAX_EVAL}], got {requested!r}")
 
 
 def eval_size(requested: int | None, data: Dataset) -> int:
-    """Images per evaluation: as asked (else the device's default), at most the held-out and train splits."""
+    """Images per evaluation: as asked (else N_EVAL), at most the held-out and train splits."""
     check_eval_size(requested, "n_eval")
-    device = data.test_images.device.type
-    n = requested if requested is not None else N_EVAL.get(device, N_EVAL["cpu"])
-    return min(n, len(data.test_images), len(data.train_images))
+    return min(requested if requested is not None else N_EVAL, len(data.test_images), len(data.train_images))
 
 
 class NonFiniteSamples(GansweepError):
@@ -83,12 +84,15 @@ class Evaluator:
     def __init__(self, classifier: Classifier, data: Dataset, n: int | None = None):
         self.classifier, self.n = classifier, eval_size(n, data)
         self.n_classes = data.record.n_classes
-        self.real_features, _ = classifier.embed(data.test_images[:self.n])
+        self.held_out = data.test_images[:self.n], data.test_labels[:self.n]
+        self.seen = data.train_images[:self.n], data.train_labels[:self.n]  # what D trained on
+        self.real_features, _ = classifier.embed(self.held_out[0])
         self.real_stats = gaussian_stats(self.real_features)
-        self.floor = self.score(data.train_images[:self.n], data.train_labels[:self.n])
+        self.floor = self.score(*self.seen)
 
     def params(self) -> dict[str, object]:
         return {"feature_net.checksum": self.classifier.checksum, "feature_net.accuracy": self.classifier.accuracy,
+                "feature_net.name": self.classifier.name, "feature_net.shipped": self.classifier.shipped,
                 "eval.n": self.n}
 
     def score(self, images: Tensor, labels: Tensor | None = None) -> dict[str, float]:
@@ -98,14 +102,35 @@ class Evaluator:
         _require_finite(torch.cat([features, logits], dim=1), "classifier features of the generated images")
         kid_mean, kid_std = kid(self.real_features, features, KID_SUBSETS, min(KID_SUBSET_SIZE, self.n // 2),
                                 torch.Generator().manual_seed(KID_SEED))
-        coverage, class_kl = class_coverage(logits)
+        classes, rejected = digit_predictions(logits)
+        coverage, class_kl = class_coverage(classes, self.n_classes)
         precision, recall = precision_recall(self.real_features, features)
         scores = {"fid_proxy": frechet_distance(gaussian_stats(features), self.real_stats), "kid_proxy": kid_mean,
-                  "kid_proxy_std": kid_std, "is_proxy": classifier_score(logits), "coverage": coverage,
-                  "class_kl": class_kl, "precision": precision, "recall": recall}
+                  "kid_proxy_std": kid_std, "is_proxy": classifier_score(logits[:, :self.n_classes]),
+                  "coverage": coverage, "class_kl": class_kl, "confident": len(classes) / len(images),
+                  "rejected": rejected, "precision": precision, "recall": recall}
         if labels is not None:
             scores["cond_accuracy"] = conditional_accuracy(logits, labels)
         return scores
+
+    @torch.no_grad()
+    def d_overfit(self, d: torch.nn.Module, conditional: bool) -> float:
+        """D's mean output (logit or critic value) on n training images minus on n held-out real ones: about 0
+        while D judges images, growing as it memorises the ones it was shown. D is in inference mode meanwhile."""
+        def mean_output(images: Tensor, labels: Tensor) -> float:
+            outputs = [d(images[i:i + _CHUNK], labels[i:i + _CHUNK] if conditional else None).flatten()
+                       for i in range(0, len(images), _CHUNK)]
+            return float(torch.cat(outputs).to(torch.float64).mean())
+
+        was_training = d.training
+        d.eval()
+        try:
+            return mean_output(*self.seen) - mean_output(*self.held_out)
+        finally:
+            d.train(was_training)
+
+
+_CHUNK = 1000  # images per forward pass of D
 
 
 def eval_inputs(n: int, z_dim: int, n_classes: int, conditional: bool, device: torch.device,
@@ -115,26 +140,21 @@ def eval_inputs(n: int, z_dim: int, n_classes: int, conditional: bool, device: t
     return z, (torch.arange(n, device=device) % n_classes) if conditional else None
 
 
-def collapsed(peak: float, coverage: float) -> bool:
-    """Mode collapse: coverage has fallen below MODE_COLLAPSE_COVERAGE after reaching it. Every GAN starts out
-    drawing blobs that the classifier puts in one or two classes; that is not a collapse yet."""
-    return peak >= MODE_COLLAPSE_COVERAGE > coverage
-
-
 class ScoreHook(Hook):
-    """Puts `score/NAME` into `state.scores` after every epoch, `floor/NAME` once at the start, and notes the
-    first epoch whose coverage falls below MODE_COLLAPSE_COVERAGE (after reaching it) as `mode_collapse`.
-    Samples that cannot be scored end the run as diverged."""
+    """Puts `score/NAME` into `state.scores` after every epoch and `floor/NAME` once at the start, and judges
+    each epoch's samples (collapse.py): the first collapsed epoch is noted as `mode_collapse` (with the epoch it
+    recovered at, if it does), a fall into noise after drawing digits as `noise`, and so is a last epoch of a
+    run that never drew digits. Samples that cannot be scored end the run as diverged."""
 
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
-        self.peak = 0.0  # the best coverage so far
+        self.drew_digits = False  # some epoch so far was not judged noise
 
-    def state_dict(self) -> dict[str, float]:
-        return {"peak": self.peak}
+    def state_dict(self) -> dict[str, bool]:
+        return {"drew_digits": self.drew_digits}
 
-    def load_state_dict(self, saved: dict[str, float]) -> None:
-        self.peak = saved["peak"]
+    def load_state_dict(self, saved: dict[str, bool]) -> None:
+        self.drew_digits = saved["drew_digits"]
 
     def on_start(self, state: TrainState) -> None:
         self.z, self.labels = eval_inputs(self.evaluator.n, state.config.z_dim, state.data.n_classes,
@@ -149,12 +169,22 @@ class ScoreHook(Hook):
             scores = self.evaluator.score(fake, self.labels)
         except NonFiniteSamples as e:
             raise StopTraining("diverged", f"{e} at step {state.step}") from None
+        scores["d_overfit"] = self.evaluator.d_overfit(state.d, state.conditional)
         for name, value in scores.items():
             state.scores[f"score/{name}"] = value
-        coverage = state.scores["score/coverage"]
-        if collapsed(self.peak, coverage) and "mode_collapse" not in state.notes:
-            state.notes["mode_collapse"] = f"epoch {state.epoch}: coverage {coverage:.2f}"
-        self.peak = max(self.peak, coverage)
+        verdict = judge(scores, self.evaluator.n_classes)
+        kind = None if verdict is None else verdict.kind
+        notes = state.notes
+        if kind == "mode_collapse" and "mode_collapse" not in notes:
+            notes["mode_collapse"] = verdict.note(state.epoch)
+        elif kind is None and "mode_collapse" in notes and "recovered" not in notes["mode_collapse"]:
+            notes["mode_collapse"] += f"; recovered at epoch {state.epoch}"
+        if kind == "noise" and self.drew_digits and "noise" not in notes:
+            notes["noise"] = verdict.note(state.epoch)
+        self.drew_digits = self.drew_digits or kind != "noise"
+        if not self.drew_digits and state.epoch == state.config.epochs:
+            notes["noise"] = f"{verdict.note(state.epoch)}; it never drew digits"
+
 
 
 PARZEN_SIGMAS = tuple(float(s) for s in torch.logspace(-1, 0, 10))  # bandwidths tried, pixels in [0, 1]

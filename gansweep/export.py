@@ -156,11 +156,16 @@ def render(table: pd.DataFrame, fmt: str) -> str:
 
 
 def export_table(tracking_uri: str, study: str | None = None, experiment: str | None = None,
-                 metrics: Sequence[str] = DEFAULT_METRICS, group_by: Sequence[str] = ()) -> pd.DataFrame:
+                 metrics: Sequence[str] = DEFAULT_METRICS, group_by: Sequence[str] = (),
+                 mixed_scoring: bool = False) -> pd.DataFrame:
+    """The table of a study or an experiment; refused when its runs were scored in different ways (see
+    scoring.py), unless `mixed_scoring`."""
+    from gansweep.scoring import require_one_scoring
     from gansweep.tracking import client_for
 
     client = client_for(tracking_uri, create=False)
     runs, _ = find_runs(client, study, experiment)
+    require_one_scoring(runs, mixed_scoring)
     table = comparison_table(client, runs, metrics)
     if table.empty:
         raise GansweepError("no runs to export yet")

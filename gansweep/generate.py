@@ -122,8 +122,9 @@ class EvaluationReport:
 
 def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: int | None = None,
                  parzen: bool = False, device: str = "auto", data_root: str | None = None,
-                 log_to_run: bool = False) -> EvaluationReport:
-    """Recompute a run's scores from its checkpoint, on the data it trained on (checked by checksum)."""
+                 log_to_run: bool = False, any_network: bool = False) -> EvaluationReport:
+    """Recompute a run's scores from its checkpoint, on the data it trained on (checked by checksum), with the
+    feature network and (unless `n_eval` says otherwise) the evaluation size it was scored with."""
     from gansweep.classifier import get_classifier
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
@@ -140,7 +141,14 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
     if data.record.checksum != checkpoint.data.checksum:
         raise GansweepError(f"the {data.record.name} data here (checksum {data.record.checksum}) is not the data "
                             f"run {run_id} trained on ({checkpoint.data.checksum})")
-    evaluator = Evaluator(get_classifier(data), data, n_eval)
+    from gansweep.scoring import run_evaluator
+    from gansweep.tracking import client_for
+
+    client = client_for(tracking_uri, create=False)
+    run = client.get_run(run_id)
+    recorded_n = run.data.params.get("eval.n")
+    n = n_eval if n_eval is not None or recorded_n is None else int(recorded_n)
+    evaluator = run_evaluator(client, run, data, Evaluator(get_classifier(data), data, n), any_network)
     z, labels = eval_inputs(evaluator.n, checkpoint.config.z_dim, data.record.n_classes,
                             checkpoint.n_classes > 0, torch_device)
     fake = generate(checkpoint.g, z, labels)
@@ -152,10 +160,7 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
     if log_to_run:
         from mlflow.entities import Metric
 
-        from gansweep.tracking import client_for
-
         now = int(time.time() * 1000)
-        client_for(tracking_uri, create=False).log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, checkpoint.epoch)
-                                                              for k, v in scores.items()])
+        client.log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, checkpoint.epoch) for k, v in scores.items()])
     return EvaluationReport(checkpoint.variant.name, data.record.name, checkpoint.epoch, evaluator.n,
                             evaluator.classifier.checksum, evaluator.classifier.accuracy, scores, floor)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["GaussianStats", "gaussian_stats", "frechet_distance", "kid", "classifier_score", "class_coverage",
-           "precision_recall", "conditional_accuracy", "parzen_log_likelihood"]
+           "digit_predictions", "precision_recall", "conditional_accuracy", "parzen_log_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ def _cubic_kernel(x: Tensor, y: Tensor) -> Tensor:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
+def _total(matrix: Tensor) -> Tensor:
+    """The sum of a matrix, row by row: one sum of a large tensor is split across threads, so its rounding
+    depends on the thread count; row sums and their sum do not, and neither does the score."""
+    return matrix.sum(dim=1).sum()
+
+
 def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
         generator: torch.Generator | None = None) -> tuple[float, float]:
     """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3: mean and std over random subsets.
@@ -67,8 +73,8 @@ def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
         i = torch.randperm(len(x), generator=generator)[:m].to(x.device)
         j = torch.randperm(len(y), generator=generator)[:m].to(x.device)
         sxx, syy, sxy = k_xx[i][:, i], k_yy[j][:, j], k_xy[i][:, j]
-        within = (sxx.sum() - sxx.diagonal().sum() + syy.sum() - syy.diagonal().sum()) / (m * (m - 1))
-        values.append(within - 2 * sxy.sum() / m**2)
+        within = (_total(sxx) - sxx.diagonal().sum() + _total(syy) - syy.diagonal().sum()) / (m * (m - 1))
+        values.append(within - 2 * _total(sxy) / m**2)
     scores = torch.stack(values)
     return float(scores.mean()), float(scores.std(unbiased=False))
 
@@ -80,11 +86,22 @@ def classifier_score(logits: Tensor) -> float:
     return float((log_p.exp() * (log_p - log_marginal)).sum(dim=1).mean().exp())
 
 
-def class_coverage(logits: Tensor, fair_share: float = 0.5) -> tuple[float, float]:
-    """(fraction of classes that get at least `fair_share` of a uniform share of the samples, KL(histogram ||
-    uniform)). A generator collapsed onto one digit of ten scores (0.1, log 10)."""
-    n_classes = logits.shape[1]
-    histogram = torch.bincount(logits.argmax(dim=1), minlength=n_classes).to(torch.float64) / len(logits)
+def digit_predictions(logits: Tensor, confidence: float = 0.5) -> tuple[Tensor, float]:
+    """(the class of each sample called a digit with probability at least `confidence`, the share called "not a
+    digit"). The last logit is the rejection class; a sample between classes counts in neither."""
+    probabilities = torch.softmax(logits.to(torch.float64), dim=1)
+    top, cls = probabilities.max(dim=1)
+    rejected = cls == logits.shape[1] - 1
+    return cls[~rejected & (top >= confidence)], float(rejected.to(torch.float64).mean())
+
+
+def class_coverage(classes: Tensor, n_classes: int, fair_share: float = 0.5) -> tuple[float, float]:
+    """(fraction of classes that get at least `fair_share` of a uniform share of `classes`, KL(histogram ||
+    uniform)). A generator collapsed onto one digit of ten scores (0.1, log 10); with no sample to count, the
+    histogram is no better than that: (0, log n_classes)."""
+    if len(classes) == 0:
+        return 0.0, math.log(n_classes)
+    histogram = torch.bincount(classes, minlength=n_classes).to(torch.float64) / len(classes)
     covered = int((histogram >= fair_share / n_classes).sum())
     nonzero = histogram[histogram > 0]
     return covered / n_classes, float((nonzero * (nonzero * n_classes).log()).sum())

@@ -197,13 +197,15 @@ img.plot {{ max-width: 100%; }}
 """
 
 
-def write_report(store: Store, study: str, out: Path | None = None) -> ReportOutcome:
+def write_report(store: Store, study: str, out: Path | None = None, mixed_scoring: bool = False) -> ReportOutcome:
     """Write the report of the study's latest parent run into a new folder and log it to that parent run, unless
-    the store is read-only."""
+    the store is read-only. Refused when its trials were scored in different ways, unless `mixed_scoring`."""
+    from gansweep.scoring import require_one_scoring
     from gansweep.tracking import client_for
 
     client = client_for(store.tracking_uri, create=False)
     runs, parent = find_runs(client, study=study)
+    require_one_scoring(runs, mixed_scoring)
     table = comparison_table(client, runs)
     if table.empty:
         raise GansweepError(f"study {study!r} has no trials yet")

@@ -71,7 +71,7 @@ class StudySpec:
     objective: Objective = field(default_factory=Objective)
     sampler: str = "grid"
     pruner: str = "none"  # sensitivity studies measure whole curves: a failure is a data point, not a gap
-    collapse_window: int = 0  # evaluations in a row with coverage below MODE_COLLAPSE_COVERAGE that end a trial
+    collapse_window: int = 0  # evaluations in a row judged a mode collapse (collapse.py) that end a trial
     trials: int | None = None  # tpe/random: trials per variant, the same budget for each; a grid runs every point
     seeds: tuple[int, ...] = (0,)
     best_seeds: tuple[int, ...] = ()  # tpe/random: each variant's best parameters are re-run with these seeds
@@ -79,7 +79,7 @@ class StudySpec:
     # parallel workers and a resume do not repeat its points
     space: Mapping[str, Any] = field(default_factory=dict)  # name -> list of values, or {low, high, log}
     config: Mapping[str, Any] = field(default_factory=dict)  # fixed TrainConfig values for every trial
-    n_eval: int | None = None  # images per evaluation; None: 2,000 on the CPU, 10,000 on CUDA, bounded by the split
+    n_eval: int | None = None  # images per evaluation; None: 5,000 on every device, bounded by the split
     path: str = ""
 
     def __post_init__(self) -> None:

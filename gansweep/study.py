@@ -23,6 +23,7 @@ import optuna
 
 from gansweep.config import DEVICES, MAX_SEED, check_types
 from gansweep.errors import ConfigError
+from gansweep.scoring import pin, pinned_evaluator
 from gansweep.spec import MAX_TRIALS, StudySpec
 from gansweep.store import resolve_store, store_lock
 
@@ -108,17 +109,21 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     spec = options.apply(spec)
     device = resolve_device(options.device)
     store = resolve_store(options.store, options.tracking_uri, options.storage).for_writing()
+    continued = None
     if store.database is None or store.database.exists():
-        _continued_parent(client_for(store.tracking_uri, create=False), spec, options)
+        continued = _continued_parent(client_for(store.tracking_uri, create=False), spec, options)
     database = store.optuna() if "://" in store.storage else None  # a server is reached before the data load
     data = load_dataset(DataConfig(dataset=spec.dataset), device)
     evaluator = Evaluator(get_classifier(data), data, spec.n_eval)
     storage = database or store.optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = client_for(store.tracking_uri)
+    if continued is not None:  # checked before the parent is touched
+        evaluator = pinned_evaluator(client, continued, evaluator, data, spec.n_eval)
     with _sigterm_interrupts():
         with store_lock(store.tracking_uri):  # two processes starting the same study at once share one parent
-            study, parent_id, experiment = _open_study(client, storage, spec, options)
+            study, parent_id, experiment = _open_study(client, storage, spec, options, evaluator)
+        evaluator = pinned_evaluator(client, client.get_run(parent_id), evaluator, data, spec.n_eval)
         try:
             liveness = Liveness(storage, None if database is not None else Path(store.storage))
             runner = TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress,
@@ -162,7 +167,8 @@ def _end_parent(client: Any, parent_id: str, status: str) -> None:
               f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
 
 
-def _open_study(client: Any, storage: Any, spec: StudySpec, options: StudyOptions) -> tuple[Any, str, str]:
+def _open_study(client: Any, storage: Any, spec: StudySpec, options: StudyOptions,
+                evaluator: Any) -> tuple[Any, str, str]:
     """The Optuna study, its parent run and experiment: continued, or new. Of several workers that start a new
     study together, the one whose create_study succeeds makes the parent run; the others wait for it."""
     parent = _continued_parent(client, spec, options)
@@ -178,6 +184,7 @@ def _open_study(client: Any, storage: Any, spec: StudySpec, options: StudyOption
 
         experiment = experiment_id(client, options.experiment or spec.name)
         parent_id = _new_parent(client, experiment, spec, name)
+        pin(client, parent_id, evaluator)  # before the parent is named on the study: no worker scores unpinned
         study.set_user_attr("mlflow_parent_run_id", parent_id)
         study.set_user_attr("mlflow_experiment_id", experiment)
         return study, parent_id, experiment
@@ -259,10 +266,9 @@ def _new_parent(client: Any, experiment: str, spec: StudySpec, study_name: str) 
         "mlflow.note.content": spec.description})
     params = {"study": spec.name, "description": spec.description, "dataset": spec.dataset,
               "variants": ",".join(spec.variants), "budget_unit": spec.budget_unit, "epochs": spec.epochs,
-              "batch_size": spec.batch_size,
-              "objective": _objective_text(spec), "sampler": spec.sampler,
-              "pruner": spec.pruner, "sampler_seed": spec.sampler_seed, "seeds": ",".join(map(str, spec.seeds)), "space": dict(spec.space),
-              "config": dict(spec.config), "study_file": spec.path}
+              "batch_size": spec.batch_size, "objective": _objective_text(spec), "sampler": spec.sampler,
+              "pruner": spec.pruner, "sampler_seed": spec.sampler_seed, "seeds": ",".join(map(str, spec.seeds)),
+              "space": dict(spec.space), "config": dict(spec.config), "study_file": spec.path}
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run.info.run_id
 

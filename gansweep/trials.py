@@ -348,26 +348,25 @@ class _OptunaReport(Hook):
 
 
 class _CollapseStop(Hook):
-    """Ends a trial whose class coverage, once it reached MODE_COLLAPSE_COVERAGE, stays below it for `window`
-    evaluations in a row."""
+    """Ends a trial whose samples are judged a mode collapse (collapse.py) for `window` evaluations in a row."""
 
     def __init__(self, window: int):
-        self.window, self.run, self.peak = window, 0, 0.0
+        self.window, self.run = window, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run": self.run, "peak": self.peak}
+        return {"run": self.run}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.run, self.peak = saved["run"], saved["peak"]
+        self.run = saved["run"]
 
     def on_epoch_end(self, state: TrainState) -> None:
-        from gansweep.evaluation import MODE_COLLAPSE_COVERAGE, collapsed
+        from gansweep.collapse import judge
 
-        coverage = state.scores.get("score/coverage")
-        if coverage is None:
+        scores = {k.removeprefix("score/"): v for k, v in state.scores.items() if k.startswith("score/")}
+        if "coverage" not in scores:
             return
-        self.run = self.run + 1 if collapsed(self.peak, coverage) else 0
-        self.peak = max(self.peak, coverage)
+        verdict = judge(scores, state.data.n_classes)
+        self.run = self.run + 1 if verdict is not None and verdict.kind == "mode_collapse" else 0
         if self.run >= self.window:
-            raise StopTraining("collapsed", f"mode collapse: coverage {coverage:.2f} < {MODE_COLLAPSE_COVERAGE} "
-                                            f"for {self.window} evaluations, up to epoch {state.epoch}")
+            raise StopTraining("collapsed", f"mode collapse for {self.window} evaluations, up to "
+                                            f"{verdict.note(state.epoch)}")

@@ -263,3 +263,30 @@ def test_evaluate_recomputes_the_scores_the_run_logged(in_store):
         assert f"{name} " in result.output
     assert math.isfinite(logged["eval/parzen_ll"]) and logged["eval/parzen_ll_stderr"] > 0
     assert f"{run.data.metrics['floor/fid_proxy']:.4g}" in result.output  # the floor beside the score
+
+
+THREADED_EVALUATION = """
+import sys
+import torch
+torch.set_num_threads(int(sys.argv[1]))
+from gansweep.generate import evaluate_run
+report = evaluate_run(sys.argv[2], sys.argv[3], device="cpu")
+print(repr(sorted(report.scores.items())))
+"""
+
+
+def test_scores_are_bit_identical_across_thread_counts(in_store):
+    """The same checkpoint scored with 1, 2 and 3 threads, each in its own process, gives the same bits, and
+    they are the bits the run logged during training: scores do not depend on how a machine splits its sums."""
+    import ast
+    import subprocess
+    import sys
+
+    client = MlflowClient(resolve_store().tracking_uri)
+    run = client.get_run(find_runs(client, study="small")[0][0].info.run_id)
+    outputs = [subprocess.run([sys.executable, "-c", THREADED_EVALUATION, str(k), run.info.run_id,
+                               client.tracking_uri], capture_output=True, text=True, check=True).stdout
+               for k in (1, 2, 3)]
+    assert outputs[0] == outputs[1] == outputs[2]
+    scores = dict(ast.literal_eval(outputs[0]))
+    assert all(scores[name] == run.data.metrics[f"score/{name}"] for name in ("fid_proxy", "kid_proxy", "precision"))

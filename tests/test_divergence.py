@@ -88,7 +88,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import torch
 from conftest import TINY, synthetic_dataset
-from gansweep.classifier import train_classifier
+from gansweep.feature_training import Recipe, train_classifier
 from gansweep.evaluation import Evaluator, ScoreHook
 from gansweep.trainer import Hook, train
 from gansweep.variants import get_variant
@@ -108,7 +108,7 @@ class Poison(Hook):
             self.poison(state)
 
 data = synthetic_dataset()
-evaluator = Evaluator(train_classifier(data, epochs=1), data, 32)
+evaluator = Evaluator(train_classifier(data, Recipe(epochs=1)), data, 32)
 variant = get_variant("gan")
 result = train(variant, variant.config(**TINY), data, [Poison(), ScoreHook(evaluator)])
 print(result.status, result.epochs, sorted(k for k in result.scores if k.startswith("score/")), sep="|")

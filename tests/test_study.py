@@ -193,15 +193,17 @@ def test_bad_study_overrides_are_exit_code_2(store, args, message):
 
 
 def test_a_collapsed_trial_is_stopped_and_recorded(store, monkeypatch):
-    """With collapse_window = 1, the first evaluation back under the coverage threshold ends the trial. The
-    evaluator is the real one; only its coverage is scripted: 1.0 for the real-data floor (computed first), then
-    0.9 at epoch 1 and 0.2 at epoch 2."""
+    """With collapse_window = 1, the first evaluation judged a collapse ends the trial. The evaluator is the
+    real one; only what the classifier says of the samples is scripted: the real-data floor (computed first),
+    then nine classes at epoch 1 and two at epoch 2, nine in ten samples confidently digits each time."""
     from gansweep.evaluation import Evaluator
 
-    real_score, script = Evaluator.score, iter([1.0, 0.9, 0.2])
+    real_score = Evaluator.score
+    script = iter([{}, {"coverage": 0.9, "confident": 0.9, "rejected": 0.0},
+                   {"coverage": 0.2, "confident": 0.9, "rejected": 0.0}])
 
     def scripted(self, images, labels=None):
-        return {**real_score(self, images, labels), "coverage": next(script)}
+        return {**real_score(self, images, labels), **next(script)}
 
     monkeypatch.setattr(Evaluator, "score", scripted)
     (store / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra="collapse_window = 1"))
@@ -210,7 +212,7 @@ def test_a_collapsed_trial_is_stopped_and_recorded(store, monkeypatch):
     (trial,) = trials()
     assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "collapsed"
     assert trial.user_attrs["epochs"] == 2 and "mode collapse" in trial.user_attrs["reason"]
-    assert trial.user_attrs["mode_collapse"] == "epoch 2: coverage 0.20"
+    assert trial.user_attrs["mode_collapse"].startswith("epoch 2: 2 of 10 classes among the 90% confident")
     run = MlflowClient(resolve_store().tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["gansweep.status"] == "collapsed"
     assert run.data.tags["gansweep.mode_collapse"] == trial.user_attrs["mode_collapse"]
