@@ -333,9 +333,12 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
                           device=device, data_root=data_root, log_to_run=log_to_run, any_network=any_network)
     click.echo(f"{report.variant} epoch {report.epoch} on {report.dataset}, n={report.n}, "
                f"feature net {report.feature_net} ({report.accuracy:.1%} held-out)")
-    rows = [[name, f"{value:.4g}", "-" if name not in report.floor else f"{report.floor[name]:.4g}"]
-            for name, value in report.scores.items()]
-    click.echo(_table(["score", "value", "real-data floor"], rows))
+    def cell(values: dict[str, float], name: str) -> str:
+        return f"{values[name]:.4g}" if name in values else "-"
+
+    rows = [[name, cell(report.scores, name), cell(report.test, name), cell(report.test_se, name),
+             cell(report.floor, name)] for name in report.scores]
+    click.echo(_table(["score", "validation", "test", "test s.e.", "real-data floor"], rows))
 
 
 @main.command()

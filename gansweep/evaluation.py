@@ -1,14 +1,19 @@
-"""Judging a generator: its samples against the held-out split, in the feature space of the dataset's classifier.
+"""Judging a generator: its samples against held-out real images, in the feature space of the dataset's classifier.
+
+The held-out split gives two disjoint slices of N images. The **validation** slice chooses: the best epoch, the
+best checkpoint, a study's best trial, pruning and the collapse judgement read `score/NAME`. The **test** slice
+reports: `test/NAME` scores other samples of the same G (other evaluation noise) against it, so a number in a
+table is not the one it was chosen by. Every score has a standard error over the generated samples beside it, and
+a floor: the same score for training images, the mean over several draws, with its spread.
 
 An `Evaluator` featurises the real images once; `ScoreHook` scores a training run after every epoch with it, and
-`evaluate_checkpoint` scores any saved generator the same way. Every score is read against its floor: the same
-score for held-out real images against training real images. Each epoch's samples are also judged (see
-collapse.py), and D is asked how much more it believes its training images than held-out ones.
+`evaluate` scores any saved generator the same way.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -19,12 +24,14 @@ from gansweep.collapse import judge
 from gansweep.data import Dataset
 from gansweep.errors import ConfigError, GansweepError
 from gansweep.nets import generate
-from gansweep.metrics import (class_coverage, classifier_score, conditional_accuracy, digit_predictions,
-                              frechet_distance, gaussian_stats, kid, parzen_log_likelihood, precision_recall)
+from gansweep.metrics import (GaussianStats, class_coverage, classifier_score, conditional_accuracy,
+                              digit_predictions, frechet_distance, gaussian_stats, kid, parzen_log_likelihood,
+                              precision_recall)
 from gansweep.trainer import Hook, StopTraining, TrainState
 
 __all__ = ["Score", "SCORES", "N_EVAL", "eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED",
-           "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples", "MAX_EVAL", "check_eval_size"]
+           "TEST_NOISE_SEED", "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples", "MAX_EVAL", "check_eval_size",
+           "SLICES", "FLOOR_DRAWS", "BOOTSTRAP"]
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,13 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("d_overfit", "minimize", "D's mean output on training images minus on held-out real ones"),
 )}
 
-N_EVAL = 5000  # images per evaluation on every device (bounded by the splits), so all workers score on one scale
+N_EVAL = 5000  # images per slice on every device (bounded by the splits), so all workers score on one scale
 MAX_EVAL = 100_000  # the most images an evaluation may be asked for; every split here is smaller anyway
 EVAL_NOISE_SEED = 4321  # the same evaluation noise every epoch, so a score's change is G's change
+TEST_NOISE_SEED = 8642  # other noise for the test slice: its samples are not the ones the choice was made on
+SLICES = ("validation", "test")  # halves of the held-out split, in this order
+FLOOR_DRAWS = 4  # disjoint draws of training images whose scores give a floor's mean and spread
+BOOTSTRAP, BOOTSTRAP_SEED = 20, 0  # resamples of the generated samples behind each standard error
 KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0
 
 
@@ -63,9 +74,13 @@ def check_eval_size(requested: int | None, name: str) -> None:
 
 
 def eval_size(requested: int | None, data: Dataset) -> int:
-    """Images per evaluation: as asked (else N_EVAL), at most the held-out and train splits."""
+    """Images per slice: as asked (else N_EVAL), at most half the held-out split and all of the train split."""
     check_eval_size(requested, "n_eval")
-    return min(requested if requested is not None else N_EVAL, len(data.test_images), len(data.train_images))
+    n = min(requested if requested is not None else N_EVAL, len(data.test_images) // 2, len(data.train_images))
+    if n < 2:
+        raise ConfigError(f"{data.record.name} holds {len(data.test_images)} held-out images: too few for two "
+                          "slices of at least 2")
+    return n
 
 
 class NonFiniteSamples(GansweepError):
@@ -78,44 +93,105 @@ def _require_finite(x: Tensor, what: str) -> None:
         raise NonFiniteSamples(f"non-finite {what} ({bad} of {len(x)})")
 
 
+@dataclass(frozen=True)
+class _Slice:
+    """N held-out real images and what the scores need of them, featurised once."""
+
+    images: Tensor
+    labels: Tensor
+    features: Tensor
+    stats: GaussianStats
+
+
 class Evaluator:
-    """Scores n generated images against n held-out real ones; the real side is featurised once, here."""
+    """Scores N generated images against one of two slices of N held-out real images (validation, test)."""
 
     def __init__(self, classifier: Classifier, data: Dataset, n: int | None = None):
         self.classifier, self.n = classifier, eval_size(n, data)
         self.n_classes = data.record.n_classes
-        self.held_out = data.test_images[:self.n], data.test_labels[:self.n]
-        self.seen = data.train_images[:self.n], data.train_labels[:self.n]  # what D trained on
-        self.real_features, _ = classifier.embed(self.held_out[0])
-        self.real_stats = gaussian_stats(self.real_features)
-        self.floor = self.score(*self.seen)
+        n = self.n
+        self.slices: dict[str, _Slice] = {}
+        for k, name in enumerate(SLICES):
+            images, labels = data.test_images[k * n:(k + 1) * n], data.test_labels[k * n:(k + 1) * n]
+            features, _ = classifier.embed(images)
+            self.slices[name] = _Slice(images, labels, features, gaussian_stats(features))
+        self.seen = data.train_images[:n], data.train_labels[:n]  # what D trained on
+        draws = [self.score(data.train_images[k * n:(k + 1) * n], data.train_labels[k * n:(k + 1) * n], "test")
+                 for k in range(max(1, min(FLOOR_DRAWS, len(data.train_images) // n)))]
+        self.floor = {name: statistics.fmean(d[name] for d in draws) for name in draws[0]}
+        self.floor_sd = {name: statistics.stdev(d[name] for d in draws) if len(draws) > 1 else math.nan
+                         for name in draws[0]}
 
     def params(self) -> dict[str, object]:
         return {"feature_net.checksum": self.classifier.checksum, "feature_net.accuracy": self.classifier.accuracy,
                 "feature_net.name": self.classifier.name, "feature_net.shipped": self.classifier.shipped,
                 "eval.n": self.n}
 
-    def score(self, images: Tensor, labels: Tensor | None = None) -> dict[str, float]:
-        """Every score of `images`; non-finite images or features are refused before any metric sees them."""
+    def _embed(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and logits; non-finite images or features are refused before any metric sees them."""
         _require_finite(images, "generated images")
         features, logits = self.classifier.embed(images)
         _require_finite(torch.cat([features, logits], dim=1), "classifier features of the generated images")
-        kid_mean, kid_std = kid(self.real_features, features, KID_SUBSETS, min(KID_SUBSET_SIZE, self.n // 2),
+        return features, logits
+
+    def score(self, images: Tensor, labels: Tensor | None = None, against: str = "validation") -> dict[str, float]:
+        """Every score of `images` against the slice `against`."""
+        return self._scores(*self._embed(images), labels, self.slices[against])
+
+    def measure(self, images: Tensor, labels: Tensor | None = None,
+                against: str = "validation") -> tuple[dict[str, float], dict[str, float]]:
+        """(scores, their standard errors over the generated samples) of `images` against the slice `against`."""
+        features, logits = self._embed(images)
+        real = self.slices[against]
+        scores = self._scores(features, logits, labels, real)
+        return scores, self._standard_errors(features, logits, labels, real, scores)
+
+    def _scores(self, features: Tensor, logits: Tensor, labels: Tensor | None, real: _Slice) -> dict[str, float]:
+        kid_mean, kid_std = kid(real.features, features, KID_SUBSETS, self._kid_subset(),
                                 torch.Generator().manual_seed(KID_SEED))
         classes, rejected = digit_predictions(logits)
         coverage, class_kl = class_coverage(classes, self.n_classes)
-        precision, recall = precision_recall(self.real_features, features)
-        scores = {"fid_proxy": frechet_distance(gaussian_stats(features), self.real_stats), "kid_proxy": kid_mean,
+        precision, recall = precision_recall(real.features, features)
+        scores = {"fid_proxy": frechet_distance(gaussian_stats(features), real.stats), "kid_proxy": kid_mean,
                   "kid_proxy_std": kid_std, "is_proxy": classifier_score(logits[:, :self.n_classes]),
-                  "coverage": coverage, "class_kl": class_kl, "confident": len(classes) / len(images),
+                  "coverage": coverage, "class_kl": class_kl, "confident": len(classes) / len(features),
                   "rejected": rejected, "precision": precision, "recall": recall}
         if labels is not None:
             scores["cond_accuracy"] = conditional_accuracy(logits, labels)
         return scores
 
+    def _kid_subset(self) -> int:
+        return min(KID_SUBSET_SIZE, self.n // 2)
+
+    def _standard_errors(self, features: Tensor, logits: Tensor, labels: Tensor | None, real: _Slice,
+                         scores: dict[str, float]) -> dict[str, float]:
+        """Bootstrap over the generated samples (BOOTSTRAP resamples, seeded) for the scores that are cheap to
+        recompute; the binomial error for precision and recall; for KID, its spread over subsets of size m scaled
+        to N (sqrt(m / N)). The real slice is the same for every run, so its own noise is left out."""
+        generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
+        n = len(features)
+        replicas: dict[str, list[float]] = {}
+        for _ in range(BOOTSTRAP):
+            idx = torch.randint(n, (n,), generator=generator).to(features.device)
+            f, l = features[idx], logits[idx]
+            classes, rejected = digit_predictions(l)
+            coverage, class_kl = class_coverage(classes, self.n_classes)
+            values = {"fid_proxy": frechet_distance(gaussian_stats(f), real.stats),
+                      "is_proxy": classifier_score(l[:, :self.n_classes]), "coverage": coverage,
+                      "class_kl": class_kl, "confident": len(classes) / n, "rejected": rejected}
+            if labels is not None:
+                values["cond_accuracy"] = conditional_accuracy(l, labels[idx])
+            for name, value in values.items():
+                replicas.setdefault(name, []).append(value)
+        se = {name: statistics.stdev(values) for name, values in replicas.items()}
+        se["precision"] = math.sqrt(scores["precision"] * (1 - scores["precision"]) / n)
+        se["recall"] = math.sqrt(scores["recall"] * (1 - scores["recall"]) / len(real.features))
+        se["kid_proxy"] = scores["kid_proxy_std"] * math.sqrt(self._kid_subset() / n)
+        return se
+
     @torch.no_grad()
     def d_overfit(self, d: torch.nn.Module, conditional: bool) -> float:
-        """D's mean output (logit or critic value) on n training images minus on n held-out real ones: about 0
+        """D's mean output (logit or critic value) on N training images minus on the N validation images: about 0
         while D judges images, growing as it memorises the ones it was shown. D is in inference mode meanwhile."""
         def mean_output(images: Tensor, labels: Tensor) -> float:
             outputs = [d(images[i:i + _CHUNK], labels[i:i + _CHUNK] if conditional else None).flatten()
@@ -125,7 +201,8 @@ class Evaluator:
         was_training = d.training
         d.eval()
         try:
-            return mean_output(*self.seen) - mean_output(*self.held_out)
+            held_out = self.slices["validation"]
+            return mean_output(*self.seen) - mean_output(held_out.images, held_out.labels)
         finally:
             d.train(was_training)
 
@@ -141,7 +218,8 @@ def eval_inputs(n: int, z_dim: int, n_classes: int, conditional: bool, device: t
 
 
 class ScoreHook(Hook):
-    """Puts `score/NAME` into `state.scores` after every epoch and `floor/NAME` once at the start, and judges
+    """Puts into `state.scores` after every epoch `score/NAME` (validation), `test/NAME`, and `se/NAME` and
+    `test_se/NAME` (their standard errors), and once at the start `floor/NAME` and `floor_sd/NAME`; and judges
     each epoch's samples (collapse.py): the first collapsed epoch is noted as `mode_collapse` (with the epoch it
     recovered at, if it does), a fall into noise after drawing digits as `noise`, and so is a last epoch of a
     run that never drew digits. Samples that cannot be scored end the run as diverged."""
@@ -157,21 +235,24 @@ class ScoreHook(Hook):
         self.drew_digits = saved["drew_digits"]
 
     def on_start(self, state: TrainState) -> None:
-        self.z, self.labels = eval_inputs(self.evaluator.n, state.config.z_dim, state.data.n_classes,
-                                          state.conditional, state.device)
+        n, z_dim, n_classes = self.evaluator.n, state.config.z_dim, state.data.n_classes
+        self.z, self.labels = eval_inputs(n, z_dim, n_classes, state.conditional, state.device)
+        self.test_z, _ = eval_inputs(n, z_dim, n_classes, state.conditional, state.device, TEST_NOISE_SEED)
         for name, value in self.evaluator.floor.items():
             if name != "cond_accuracy" or state.conditional:
                 state.scores[f"floor/{name}"] = value
+                state.scores[f"floor_sd/{name}"] = self.evaluator.floor_sd[name]
 
     def on_epoch_end(self, state: TrainState) -> None:
-        fake = generate(state.g, self.z, self.labels)
         try:
-            scores = self.evaluator.score(fake, self.labels)
+            scores, se = self.evaluator.measure(generate(state.g, self.z, self.labels), self.labels, "validation")
+            test, test_se = self.evaluator.measure(generate(state.g, self.test_z, self.labels), self.labels, "test")
         except NonFiniteSamples as e:
             raise StopTraining("diverged", f"{e} at step {state.step}") from None
         scores["d_overfit"] = self.evaluator.d_overfit(state.d, state.conditional)
-        for name, value in scores.items():
-            state.scores[f"score/{name}"] = value
+        for prefix, values in (("score", scores), ("se", se), ("test", test), ("test_se", test_se)):
+            for name, value in values.items():
+                state.scores[f"{prefix}/{name}"] = value
         verdict = judge(scores, self.evaluator.n_classes)
         kind = None if verdict is None else verdict.kind
         notes = state.notes

@@ -70,9 +70,11 @@ def _number(text: str) -> Any:
 
 
 def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = DEFAULT_METRICS) -> pd.DataFrame:
-    """One row per run: identity, swept hyperparameters, each score's final and best value (and the epoch of the
-    best), how the run ended, and what it cost. Scores a run does not have (cond_accuracy of an unconditional
-    variant) are left empty; a score no run has gets no columns."""
+    """One row per run: identity, swept hyperparameters, each score's final value, its value at the best epoch
+    (and that epoch), how the run ended, and what it cost. The best epoch is chosen on the validation slice
+    (`score/NAME`); every value shown is the test slice's (`test/NAME`), so no number is the one it was chosen by.
+    Scores a run does not have (cond_accuracy of an unconditional variant) are left empty; a score no run has
+    gets no columns."""
     for name in metrics:
         if name not in SCORES:
             raise ConfigError(f"unknown score {name!r}; known: {', '.join(SCORES)}")
@@ -87,18 +89,20 @@ def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = 
             if key.startswith("swept.") and key not in ("swept.variant", "swept.seed"):
                 row[key.removeprefix("swept.")] = _number(value)
         for name in metrics:
-            history = client.get_metric_history(run.info.run_id, f"score/{name}")
-            if not history:
+            reported = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"test/{name}")}
+            if not reported:
                 continue
-            finite = [m for m in history if math.isfinite(m.value)]
+            chosen = client.get_metric_history(run.info.run_id, f"score/{name}")
+            finite = [m for m in chosen if math.isfinite(m.value) and m.step in reported]
             pick = min if SCORES[name].direction == "minimize" else max
             best = pick(finite, key=lambda m: m.value) if finite else None
-            row[name] = max(history, key=lambda m: m.step).value
-            row[f"{name}_best"] = best.value if best else math.nan
+            row[name] = reported[max(reported)]
+            row[f"{name}_best"] = reported[best.step] if best else math.nan
             row[f"{name}_best_epoch"] = best.step if best else None
         status = tags.get("gansweep.status", run.info.status.lower())
         row["status"] = STATUS_LABELS.get(status, status)
         row["mode_collapse"] = tags.get("gansweep.mode_collapse", "")
+        row["noise"] = tags.get("gansweep.noise", "")
         row["epochs"] = int(latest["progress/epoch"]) if "progress/epoch" in latest else 0
         row["wall_s"] = latest.get("perf/wall_time_s")
         row["images_per_s"] = latest.get("perf/images_per_s")

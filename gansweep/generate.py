@@ -116,7 +116,9 @@ class EvaluationReport:
     n: int
     feature_net: str  # the classifier's weights checksum
     accuracy: float
-    scores: dict[str, float]
+    scores: dict[str, float]  # on the validation slice, with the evaluation noise of training: as logged then
+    test: dict[str, float]  # on the test slice, with the test noise
+    test_se: dict[str, float]  # standard errors of `test`
     floor: dict[str, float]
 
 
@@ -128,7 +130,8 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
     from gansweep.classifier import get_classifier
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
-    from gansweep.evaluation import Evaluator, check_eval_size, eval_inputs, parzen as parzen_scores
+    from gansweep.evaluation import (TEST_NOISE_SEED, Evaluator, check_eval_size, eval_inputs,
+                                     parzen as parzen_scores)
     from gansweep.trainer import resolve_device
 
     check_eval_size(n_eval, "n")
@@ -153,6 +156,9 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
                             checkpoint.n_classes > 0, torch_device)
     fake = generate(checkpoint.g, z, labels)
     scores = evaluator.score(fake, labels)
+    test_z, _ = eval_inputs(evaluator.n, checkpoint.config.z_dim, data.record.n_classes, checkpoint.n_classes > 0,
+                            torch_device, TEST_NOISE_SEED)
+    test, test_se = evaluator.measure(generate(checkpoint.g, test_z, labels), labels, "test")
     floor = {k: v for k, v in evaluator.floor.items() if k in scores}
     if parzen:
         n_val = min(len(data.train_images) // 5, 1000)
@@ -161,6 +167,9 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, checkpoint.epoch) for k, v in scores.items()])
+        client.log_batch(run_id, metrics=[Metric(f"{prefix}/{k}", v, now, checkpoint.epoch)
+                                          for prefix, values in (("eval", scores), ("eval_test", test))
+                                          for k, v in values.items()])
     return EvaluationReport(checkpoint.variant.name, data.record.name, checkpoint.epoch, evaluator.n,
-                            evaluator.classifier.checksum, evaluator.classifier.accuracy, scores, floor)
+                            evaluator.classifier.checksum, evaluator.classifier.accuracy, scores, test, test_se,
+                            floor)

@@ -295,7 +295,9 @@ def _pruner(spec: StudySpec) -> Any:
 
 
 def ranked_table(study: Any, spec: StudySpec) -> Any:
-    """One row per trial of the study (duplicates left out), best objective first, unfinished last."""
+    """One row per trial of the study (duplicates left out), best objective first, unfinished last. Trials are
+    ranked by the objective on the validation slice (`NAME_val`, the trial's value in Optuna); every score shown
+    under its own name is the test slice's."""
     import pandas as pd
 
     rows = []
@@ -305,9 +307,9 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
         row = {"trial": t.number, "variant": t.params.get("variant"),
                "seed": t.params.get("seed", t.user_attrs.get("seed"))}
         row.update({k: v for k, v in t.params.items() if k not in ("variant", "seed")})
-        row[spec.objective.metric] = t.value
-        for name in TABLE_SCORES:
-            if name != spec.objective.metric and f"final.{name}" in t.user_attrs:
+        row[f"{spec.objective.metric}_val"] = t.value
+        for name in (spec.objective.metric, *(n for n in TABLE_SCORES if n != spec.objective.metric)):
+            if f"final.{name}" in t.user_attrs:
                 row[name] = t.user_attrs[f"final.{name}"]
         if "phase" in t.user_attrs and spec.best_seeds:
             row["phase"] = t.user_attrs["phase"]
@@ -319,7 +321,7 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    return table.sort_values(spec.objective.metric, ascending=spec.objective.direction == "minimize",
+    return table.sort_values(f"{spec.objective.metric}_val", ascending=spec.objective.direction == "minimize",
                              na_position="last", kind="stable").reset_index(drop=True)
 
 

@@ -274,9 +274,9 @@ class TrialRunner:
             self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})",
                        f"{type(e).__name__}: {e}".splitlines()[0])
             raise
-        for name, value in result.scores.items():
-            if name.startswith("score/"):
-                trial.set_user_attr(f"final.{name.removeprefix('score/')}", value)
+        for name, value in result.scores.items():  # what tables report: the test slice's scores
+            if name.startswith("test/"):
+                trial.set_user_attr(f"final.{name.removeprefix('test/')}", value)
         for name, note in result.notes.items():
             trial.set_user_attr(name, note)
         for attr, value in (("status", result.status), ("reason", result.reason), ("epochs", result.epochs),

@@ -70,14 +70,15 @@ def test_export_round_trips_against_mlflow(in_store):
     assert len(rows) == 4 and {r["run_id"] for r in rows} == {r.info.run_id for r in runs}
     for row in rows:
         run = client.get_run(row["run_id"])
-        history = sorted(client.get_metric_history(row["run_id"], "score/fid_proxy"), key=lambda m: m.step)
-        best = min(history, key=lambda m: m.value)
-        assert row["fid_proxy"] == history[-1].value
-        assert row["fid_proxy_best"] == best.value and row["fid_proxy_best_epoch"] == best.step
+        chosen = client.get_metric_history(row["run_id"], "score/fid_proxy")  # the validation slice
+        reported = {m.step: m.value for m in client.get_metric_history(row["run_id"], "test/fid_proxy")}
+        best = min(chosen, key=lambda m: m.value)
+        assert row["fid_proxy"] == reported[2]
+        assert row["fid_proxy_best"] == reported[best.step] and row["fid_proxy_best_epoch"] == best.step
         assert row["lr"] == float(run.data.params["lr"]) and row["seed"] == int(run.data.tags["gansweep.seed"])
         assert row["trial"] == int(run.data.tags["gansweep.trial"]) and row["variant"] == "cgan"
         assert row["status"] == "finished" and row["epochs"] == 2
-        assert row["cond_accuracy"] == run.data.metrics["score/cond_accuracy"]
+        assert row["cond_accuracy"] == run.data.metrics["test/cond_accuracy"]
         assert row["wall_s"] == run.data.metrics["perf/wall_time_s"] and row["images_per_s"] > 0
     assert sorted(r["trial"] for r in rows) == [r["trial"] for r in rows]
 
@@ -101,8 +102,8 @@ def test_grouped_export_on_a_hand_made_store(tmp_path):
     experiment = client.create_experiment("hand")
     for seed, (variant, lr, fid) in enumerate([("a", 0.1, 1.0), ("a", 0.1, 3.0), ("a", 0.2, 5.0), ("b", 0.1, 10.0)]):
         run = client.create_run(experiment)
-        client.log_batch(run.info.run_id, metrics=[Metric("score/fid_proxy", fid + 7, 0, 1),
-                                                   Metric("score/fid_proxy", fid, 0, 2)],
+        client.log_batch(run.info.run_id, metrics=[Metric(f"{s}/fid_proxy", fid + 7, 0, 1) for s in ("score", "test")]
+                         + [Metric(f"{s}/fid_proxy", fid, 0, 2) for s in ("score", "test")],
                          params=[Param("swept.lr", str(lr))],
                          tags=[RunTag("gansweep.variant", variant), RunTag("gansweep.seed", str(seed))])
     table = comparison_table(client, find_runs(client, experiment="hand")[0], ["fid_proxy"])
@@ -114,6 +115,19 @@ def test_grouped_export_on_a_hand_made_store(tmp_path):
                     "--format", "csv", "--tracking-uri", uri)
     assert result.output.splitlines()[0] == "variant,lr,n,fid_proxy_mean,fid_proxy_std"
     assert result.output.splitlines()[1].startswith("a,0.1,2,2.0,1.414")
+
+
+def test_the_best_epoch_is_chosen_on_validation_and_its_test_score_reported(tmp_path):
+    """Validation fid 5, 3, 4 and test fid 6, 4.5, 3.9 over three epochs: the best epoch is 2 (validation), and
+    the table reports 4.5 there, not the test slice's own minimum 3.9, which is the final value."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/hand.db")
+    experiment = client.create_experiment("hand")
+    run = client.create_run(experiment)
+    client.log_batch(run.info.run_id, metrics=[
+        Metric(f"{s}/fid_proxy", v, 0, epoch) for s, values in (("score", (5, 3, 4)), ("test", (6, 4.5, 3.9)))
+        for epoch, v in enumerate(values, 1)])
+    (row,) = comparison_table(client, find_runs(client, experiment="hand")[0], ["fid_proxy"]).to_dict("records")
+    assert (row["fid_proxy"], row["fid_proxy_best"], row["fid_proxy_best_epoch"]) == (3.9, 4.5, 2)
 
 
 def test_export_refuses_bad_input_in_one_line(in_store):
@@ -271,13 +285,14 @@ import torch
 torch.set_num_threads(int(sys.argv[1]))
 from gansweep.generate import evaluate_run
 report = evaluate_run(sys.argv[2], sys.argv[3], device="cpu")
-print(repr(sorted(report.scores.items())))
+print(repr([sorted(report.scores.items()), sorted(report.test.items()), sorted(report.test_se.items())]))
 """
 
 
 def test_scores_are_bit_identical_across_thread_counts(in_store):
-    """The same checkpoint scored with 1, 2 and 3 threads, each in its own process, gives the same bits, and
-    they are the bits the run logged during training: scores do not depend on how a machine splits its sums."""
+    """The same checkpoint scored with 1, 2 and 3 threads, each in its own process, gives the same bits on both
+    slices and in the standard errors, and they are the bits the run logged during training: scores do not depend
+    on how a machine splits its sums."""
     import ast
     import subprocess
     import sys
@@ -288,5 +303,6 @@ def test_scores_are_bit_identical_across_thread_counts(in_store):
                                client.tracking_uri], capture_output=True, text=True, check=True).stdout
                for k in (1, 2, 3)]
     assert outputs[0] == outputs[1] == outputs[2]
-    scores = dict(ast.literal_eval(outputs[0]))
-    assert all(scores[name] == run.data.metrics[f"score/{name}"] for name in ("fid_proxy", "kid_proxy", "precision"))
+    scores, test, _ = (dict(part) for part in ast.literal_eval(outputs[0]))
+    for name in ("fid_proxy", "kid_proxy", "precision"):
+        assert scores[name] == run.data.metrics[f"score/{name}"] and test[name] == run.data.metrics[f"test/{name}"]

@@ -18,6 +18,7 @@ from gansweep import classifier
 from gansweep.classifier import cached_path, digit_accuracy, get_classifier, shipped_dir
 from gansweep.errors import GansweepError
 from gansweep.feature_training import Recipe, train_classifier
+from gansweep import evaluation
 from gansweep.evaluation import Evaluator, ScoreHook, parzen
 from gansweep.metrics import (GaussianStats, class_coverage, classifier_score, conditional_accuracy, digit_predictions,
                               frechet_distance, gaussian_stats, kid, parzen_log_likelihood, precision_recall)
@@ -230,3 +231,41 @@ def test_score_hook_scores_every_epoch(tiny_data):
     assert len(seen) == 2 and all(s["score/fid_proxy"] > 0 for s in seen)
     assert "score/cond_accuracy" in seen[0] and "floor/cond_accuracy" in seen[0]
     assert result.scores["score/fid_proxy"] == seen[-1]["score/fid_proxy"]
+
+
+def test_the_two_slices_split_the_held_out_images_and_the_floor_is_a_mean_over_draws(evaluator, mnist5k):
+    n = evaluator.n
+    assert n == len(mnist5k.test_images) // 2
+    assert torch.equal(evaluator.slices["validation"].images, mnist5k.test_images[:n])
+    assert torch.equal(evaluator.slices["test"].images, mnist5k.test_images[n:2 * n])
+    draws = [evaluator.score(mnist5k.train_images[k * n:(k + 1) * n], mnist5k.train_labels[k * n:(k + 1) * n],
+                             "test")["fid_proxy"] for k in range(evaluation.FLOOR_DRAWS)]
+    assert evaluator.floor["fid_proxy"] == pytest.approx(sum(draws) / len(draws), rel=1e-12)
+    spread = math.sqrt(sum((d - evaluator.floor["fid_proxy"]) ** 2 for d in draws) / (len(draws) - 1))
+    assert evaluator.floor_sd["fid_proxy"] == pytest.approx(spread, rel=1e-12) and spread > 0
+
+
+def test_standard_errors_match_the_binomial_and_cover_a_second_draw(evaluator, mnist5k):
+    """Half digits, half noise: `rejected` is a share, so its bootstrap error is close to sqrt(p (1 - p) / n).
+    Two disjoint sets of real digits differ in fid_proxy by about their standard errors, not by far more."""
+    n = evaluator.n
+    noise = torch.rand(n // 2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mixed = torch.cat([mnist5k.train_images[2000:2000 + n - n // 2], noise])
+    scores, se = evaluator.measure(mixed)
+    p = scores["rejected"]
+    assert 0.4 < p < 0.6 and se["rejected"] == pytest.approx(math.sqrt(p * (1 - p) / n), rel=0.5)
+    assert se["precision"] == pytest.approx(math.sqrt(scores["precision"] * (1 - scores["precision"]) / n))
+    first, first_se = evaluator.measure(mnist5k.train_images[2000:2000 + n], against="test")
+    second, second_se = evaluator.measure(mnist5k.train_images[3000:3000 + n], against="test")
+    both = math.hypot(first_se["fid_proxy"], second_se["fid_proxy"])
+    assert 0 < both and abs(first["fid_proxy"] - second["fid_proxy"]) < 4 * both
+
+
+def test_each_epoch_is_chosen_on_validation_and_reported_on_test(tiny_data):
+    """Other noise against other real images: the reported number is not the one the choice was made on."""
+    hook = ScoreHook(Evaluator(train_classifier(tiny_data, Recipe(epochs=1)), tiny_data, n=32))
+    variant = get_variant("gan")
+    result = train(variant, variant.config(**TINY), tiny_data, [hook])
+    for prefix in ("score", "test", "se", "test_se", "floor", "floor_sd"):
+        assert math.isfinite(result.scores[f"{prefix}/fid_proxy"]), prefix
+    assert result.scores["test/fid_proxy"] != result.scores["score/fid_proxy"]

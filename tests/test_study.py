@@ -15,7 +15,6 @@ from gansweep.evaluation import ScoreHook
 from gansweep.spec import load_spec
 from gansweep.store import resolve_store
 from gansweep.study import StudyOptions, run_study, seed_spread
-from gansweep.store import resolve_store
 
 TINY_STUDY = """
 name = "tiny"
@@ -194,18 +193,19 @@ def test_bad_study_overrides_are_exit_code_2(store, args, message):
 
 def test_a_collapsed_trial_is_stopped_and_recorded(store, monkeypatch):
     """With collapse_window = 1, the first evaluation judged a collapse ends the trial. The evaluator is the
-    real one; only what the classifier says of the samples is scripted: the real-data floor (computed first),
-    then nine classes at epoch 1 and two at epoch 2, nine in ten samples confidently digits each time."""
+    real one; only what the classifier says of the samples on the validation slice is scripted: nine classes at
+    epoch 1 and two at epoch 2, nine in ten samples confidently digits each time."""
     from gansweep.evaluation import Evaluator
 
-    real_score = Evaluator.score
-    script = iter([{}, {"coverage": 0.9, "confident": 0.9, "rejected": 0.0},
+    real_scores = Evaluator._scores
+    script = iter([{"coverage": 0.9, "confident": 0.9, "rejected": 0.0},
                    {"coverage": 0.2, "confident": 0.9, "rejected": 0.0}])
 
-    def scripted(self, images, labels=None):
-        return {**real_score(self, images, labels), **next(script)}
+    def scripted(self, features, logits, labels, real):
+        scores = real_scores(self, features, logits, labels, real)
+        return {**scores, **next(script)} if real is self.slices["validation"] else scores
 
-    monkeypatch.setattr(Evaluator, "score", scripted)
+    monkeypatch.setattr(Evaluator, "_scores", scripted)
     (store / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra="collapse_window = 1"))
     spec = load_spec(store / "studies" / "tiny.toml")
     run_study(spec, StudyOptions(trials=1, device="cpu", progress=False))
@@ -243,7 +243,7 @@ def test_a_fair_comparison_gives_each_variant_the_same_budget_then_reruns_its_be
                    for r in runs)
     spread = seed_spread(outcome.table, outcome.spec)
     assert sorted(spread["variant"]) == ["gan", "lsgan"] and list(spread["count"]) == [2, 2]
-    gan = [t.value for t in reruns if t.params["variant"] == "gan"]
+    gan = [t.user_attrs["final.fid_proxy"] for t in reruns if t.params["variant"] == "gan"]  # the test slice
     row = spread[spread["variant"] == "gan"].iloc[0]
     assert row["mean"] == pytest.approx(sum(gan) / 2) and row["std"] == pytest.approx(abs(gan[0] - gan[1]) / 2**0.5)
     assert run_study(outcome.spec, StudyOptions(device="cpu", progress=False)).ran == 0  # all done: nothing again
