@@ -49,33 +49,34 @@ def _cubic_kernel(x: Tensor, y: Tensor) -> Tensor:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def _total(matrix: Tensor) -> Tensor:
-    """The sum of a matrix, row by row: one sum of a large tensor is split across threads, so its rounding
-    depends on the thread count; row sums and their sum do not, and neither does the score."""
-    return matrix.sum(dim=1).sum()
-
-
 def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
         generator: torch.Generator | None = None) -> tuple[float, float]:
     """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3: mean and std over random subsets.
 
     Subsets are drawn as torchmetrics draws them (a permutation of the real set, then of the fake set, per
-    subset), so the same generator state gives the same subsets. The three kernel matrices are computed once
-    and each subset indexes them, rather than recomputing them per subset.
+    subset), so the same generator state gives the same subsets. The three kernel matrices are computed once;
+    a subset's sum over a matrix is u^T K v for the subsets' 0/1 indicator vectors u and v, all subsets in one
+    matrix product, rather than a copy of each m x m block. Every sum runs along rows of a fixed length, so the
+    result does not depend on how many threads split the work.
     """
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(real)} and {len(fake)}")
     x, y = real.to(torch.float64), fake.to(torch.float64)
     k_xx, k_yy, k_xy = _cubic_kernel(x, x), _cubic_kernel(y, y), _cubic_kernel(x, y)
-    values = []
-    for _ in range(subsets):
-        i = torch.randperm(len(x), generator=generator)[:m].to(x.device)
-        j = torch.randperm(len(y), generator=generator)[:m].to(x.device)
-        sxx, syy, sxy = k_xx[i][:, i], k_yy[j][:, j], k_xy[i][:, j]
-        within = (_total(sxx) - sxx.diagonal().sum() + _total(syy) - syy.diagonal().sum()) / (m * (m - 1))
-        values.append(within - 2 * _total(sxy) / m**2)
-    scores = torch.stack(values)
+    drawn = [(torch.randperm(len(x), generator=generator)[:m], torch.randperm(len(y), generator=generator)[:m])
+             for _ in range(subsets)]
+    i = torch.stack([a for a, _ in drawn]).to(x.device)
+    j = torch.stack([b for _, b in drawn]).to(x.device)
+    u = torch.zeros(subsets, len(x), dtype=torch.float64, device=x.device).scatter_(1, i, 1.0)
+    v = torch.zeros(subsets, len(y), dtype=torch.float64, device=x.device).scatter_(1, j, 1.0)
+
+    def block_sums(left: Tensor, matrix: Tensor, right: Tensor) -> Tensor:
+        return ((left @ matrix) * right).sum(dim=1)
+
+    within = (block_sums(u, k_xx, u) - k_xx.diagonal()[i].sum(dim=1)
+              + block_sums(v, k_yy, v) - k_yy.diagonal()[j].sum(dim=1)) / (m * (m - 1))
+    scores = within - 2 * block_sums(u, k_xy, v) / m**2
     return float(scores.mean()), float(scores.std(unbiased=False))
 
 

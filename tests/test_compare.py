@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from gansweep.cli import main
+from gansweep.errors import ConfigError
 from gansweep.export import comparison_table, find_runs, group_table, render
 from gansweep.report import write_report
 from gansweep.spec import load_spec
@@ -306,3 +307,20 @@ def test_scores_are_bit_identical_across_thread_counts(in_store):
     scores, test, _ = (dict(part) for part in ast.literal_eval(outputs[0]))
     for name in ("fid_proxy", "kid_proxy", "precision"):
         assert scores[name] == run.data.metrics[f"score/{name}"] and test[name] == run.data.metrics[f"test/{name}"]
+
+
+def test_the_study_pins_its_scoring_on_the_parent_and_refuses_another_n(in_store, tmp_path):
+    client = MlflowClient(resolve_store().tracking_uri)
+    runs, parent = find_runs(client, study="small")
+    pinned = {k: parent.data.params[k] for k in ("feature_net.checksum", "eval.n")}
+    assert pinned["eval.n"] == "200"
+    assert all({k: r.data.params[k] for k in pinned} == pinned for r in runs)
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "feature_net")] == [
+        f"feature_net/{pinned['feature_net.checksum']}.pt"]
+    other = tmp_path / "small.toml"
+    other.write_text(STUDY.replace("n_eval = 200", "n_eval = 100"))
+    before = client.get_run(parent.info.run_id).info
+    with pytest.raises(ConfigError, match="scored on 200 images, now asked for 100"):
+        run_study(load_spec(other), StudyOptions(device="cpu", progress=False))
+    after = client.get_run(parent.info.run_id).info
+    assert (after.status, after.end_time) == (before.status, before.end_time)
