@@ -128,8 +128,13 @@ def load_network_file(path: Path, channels: int, n_classes: int, shipped: bool =
 
 def _shipped(name: str, channels: int, n_classes: int) -> Classifier:
     """The package's network `name`, after checking its file against the SHA-256 recorded beside it."""
-    path, record = shipped_dir() / f"{name}.pt", json.loads((shipped_dir() / f"{name}.json").read_text())
-    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    path = shipped_dir() / f"{name}.pt"
+    try:
+        record = json.loads((shipped_dir() / f"{name}.json").read_text())
+        found = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError) as e:
+        raise GansweepError(f"the shipped feature network {name} cannot be read ({type(e).__name__}: {e}); "
+                            "reinstall gansweep") from None
     if found != record["sha256"]:
         raise GansweepError(f"{path} has SHA-256 {found}, not the {record['sha256']} it shipped with; "
                             "reinstall gansweep")

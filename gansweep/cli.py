@@ -115,7 +115,7 @@ def _reading(store: str | None, tracking_uri: str | None) -> Store:
 @click.option("--n-critic", type=int, default=None, help="D updates per G update.")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--n-eval", type=int, default=None, help="Images per evaluation [5,000, at most the held-out split].")
+@click.option("--n-eval", type=int, default=None, help="Images per evaluation slice [5,000, at most half the held-out split].")
 @_store_options
 @click.option("--experiment", default=None, help="MLflow experiment [default: train].")
 def train(variant: str, dataset: str, data_root: str | None, store: str | None, tracking_uri: str | None,

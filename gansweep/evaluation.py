@@ -1,6 +1,6 @@
 """Judging a generator: its samples against held-out real images, in the feature space of the dataset's classifier.
 
-The held-out split gives two disjoint slices of N images. The **validation** slice chooses: the best epoch, the
+The held-out split gives two disjoint slices of N images, drawn by one seeded permutation. The **validation** slice chooses: the best epoch, the
 best checkpoint, a study's best trial, pruning and the collapse judgement read `score/NAME`. The **test** slice
 reports: `test/NAME` scores other samples of the same G (other evaluation noise) against it, so a number in a
 table is not the one it was chosen by. Every score has a standard error over the generated samples beside it, and
@@ -31,7 +31,7 @@ from gansweep.trainer import Hook, StopTraining, TrainState
 
 __all__ = ["Score", "SCORES", "N_EVAL", "eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED",
            "TEST_NOISE_SEED", "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples", "MAX_EVAL", "check_eval_size",
-           "SLICES", "FLOOR_DRAWS", "BOOTSTRAP"]
+           "SLICES", "SLICE_SEED", "FLOOR_DRAWS", "BOOTSTRAP", "MIN_EVAL"]
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,11 @@ SCORES: dict[str, Score] = {s.name: s for s in (
 
 N_EVAL = 5000  # images per slice on every device (bounded by the splits), so all workers score on one scale
 MAX_EVAL = 100_000  # the most images an evaluation may be asked for; every split here is smaller anyway
+MIN_EVAL = 4  # KID needs subsets of at least 2, precision and recall a 3rd neighbour besides the point itself
 EVAL_NOISE_SEED = 4321  # the same evaluation noise every epoch, so a score's change is G's change
 TEST_NOISE_SEED = 8642  # other noise for the test slice: its samples are not the ones the choice was made on
-SLICES = ("validation", "test")  # halves of the held-out split, in this order
+SLICES = ("validation", "test")  # disjoint halves of the held-out split, drawn by one seeded permutation
+SLICE_SEED = 0  # the permutation: MNIST's test file is in writer order, so its two halves are not alike
 FLOOR_DRAWS = 4  # disjoint draws of training images whose scores give a floor's mean and spread
 BOOTSTRAP, BOOTSTRAP_SEED = 20, 0  # resamples of the generated samples behind each standard error
 KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0
@@ -69,17 +71,17 @@ KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0
 
 def check_eval_size(requested: int | None, name: str) -> None:
     """The one rule for a requested evaluation size (None: N_EVAL), checked before data load."""
-    if requested is not None and not 2 <= requested <= MAX_EVAL:
-        raise ConfigError(f"{name} must be in [2, {MAX_EVAL}], got {requested!r}")
+    if requested is not None and not MIN_EVAL <= requested <= MAX_EVAL:
+        raise ConfigError(f"{name} must be in [{MIN_EVAL}, {MAX_EVAL}], got {requested!r}")
 
 
 def eval_size(requested: int | None, data: Dataset) -> int:
     """Images per slice: as asked (else N_EVAL), at most half the held-out split and all of the train split."""
     check_eval_size(requested, "n_eval")
     n = min(requested if requested is not None else N_EVAL, len(data.test_images) // 2, len(data.train_images))
-    if n < 2:
+    if n < MIN_EVAL:
         raise ConfigError(f"{data.record.name} holds {len(data.test_images)} held-out images: too few for two "
-                          "slices of at least 2")
+                          f"slices of at least {MIN_EVAL}")
     return n
 
 
@@ -111,8 +113,10 @@ class Evaluator:
         self.n_classes = data.record.n_classes
         n = self.n
         self.slices: dict[str, _Slice] = {}
+        order = torch.randperm(len(data.test_images), generator=torch.Generator().manual_seed(SLICE_SEED))
         for k, name in enumerate(SLICES):
-            images, labels = data.test_images[k * n:(k + 1) * n], data.test_labels[k * n:(k + 1) * n]
+            chosen = order[k * n:(k + 1) * n].to(data.test_images.device)
+            images, labels = data.test_images[chosen], data.test_labels[chosen]
             features, _ = classifier.embed(images)
             self.slices[name] = _Slice(images, labels, features, gaussian_stats(features))
         self.seen = data.train_images[:n], data.train_labels[:n]  # what D trained on
@@ -232,7 +236,7 @@ class ScoreHook(Hook):
         return {"drew_digits": self.drew_digits}
 
     def load_state_dict(self, saved: dict[str, bool]) -> None:
-        self.drew_digits = saved["drew_digits"]
+        self.drew_digits = saved.get("drew_digits", False)
 
     def on_start(self, state: TrainState) -> None:
         n, z_dim, n_classes = self.evaluator.n, state.config.z_dim, state.data.n_classes

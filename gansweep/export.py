@@ -56,8 +56,10 @@ def study_objective(parent: Any) -> tuple[str, str]:
 
 
 def best_row(table: pd.DataFrame, metric: str, direction: str) -> pd.Series:
-    """The row with the best value of `metric`; rows without a value come last."""
-    order = table[metric].sort_values(ascending=direction == "minimize", na_position="last", kind="stable")
+    """The row with the best value of `metric`, on the validation slice where the table has it (`NAME_val`);
+    rows without a value come last."""
+    column = f"{metric}_val" if f"{metric}_val" in table else metric
+    order = table[column].sort_values(ascending=direction == "minimize", na_position="last", kind="stable")
     return table.loc[order.index[0]]
 
 
@@ -69,10 +71,13 @@ def _number(text: str) -> Any:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = DEFAULT_METRICS) -> pd.DataFrame:
+def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = DEFAULT_METRICS,
+                     chosen_by: str | None = None) -> pd.DataFrame:
     """One row per run: identity, swept hyperparameters, each score's final value, its value at the best epoch
     (and that epoch), how the run ended, and what it cost. The best epoch is chosen on the validation slice
     (`score/NAME`); every value shown is the test slice's (`test/NAME`), so no number is the one it was chosen by.
+    A score with no test value (d_overfit, measured on D's own images; runs of a gansweep before the slices) shows
+    its `score/NAME`. `chosen_by` adds `NAME_val`, the final validation value that ranks runs (`best_row`).
     Scores a run does not have (cond_accuracy of an unconditional variant) are left empty; a score no run has
     gets no columns."""
     for name in metrics:
@@ -89,10 +94,13 @@ def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = 
             if key.startswith("swept.") and key not in ("swept.variant", "swept.seed"):
                 row[key.removeprefix("swept.")] = _number(value)
         for name in metrics:
-            reported = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"test/{name}")}
+            chosen = client.get_metric_history(run.info.run_id, f"score/{name}")
+            reported = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"test/{name}")} \
+                or {m.step: m.value for m in chosen}
             if not reported:
                 continue
-            chosen = client.get_metric_history(run.info.run_id, f"score/{name}")
+            if name == chosen_by:
+                row[f"{name}_val"] = max(chosen, key=lambda m: m.step).value
             finite = [m for m in chosen if math.isfinite(m.value) and m.step in reported]
             pick = min if SCORES[name].direction == "minimize" else max
             best = pick(finite, key=lambda m: m.value) if finite else None

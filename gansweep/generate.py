@@ -89,7 +89,7 @@ def best_run(tracking_uri: str, study: str) -> str:
     client = client_for(tracking_uri, create=False)
     runs, parent = find_runs(client, study=study)
     metric, direction = study_objective(parent)
-    table = comparison_table(client, runs, [metric])
+    table = comparison_table(client, runs, [metric], chosen_by=metric)
     if table.empty or metric not in table or table[metric].isna().all():
         raise GansweepError(f"study {study!r} has no scored trial yet")
     table = table[table["status"] == "finished"] if (table["status"] == "finished").any() else table

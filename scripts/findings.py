@@ -2,7 +2,7 @@
 the final test-slice scores, the collapse and noise tags, and an exact permutation test of each value against a
 reference value.
 
-    python scripts/findings.py --store STORE lr-sensitivity lr
+    python scripts/findings.py --store STORE lr-sensitivity lr --reference 2e-4
     python scripts/findings.py --store STORE dropout dropout --reference 0.0
 
 The permutation test takes every way of splitting the pooled seeds of two values into two groups of the same sizes
@@ -40,15 +40,14 @@ def main() -> None:
     parser.add_argument("study")
     parser.add_argument("parameter")
     parser.add_argument("--store", default=None)
-    parser.add_argument("--reference", type=float, default=None,
-                        help="the value every other is tested against [default: the one with the best mean FID]")
+    parser.add_argument("--reference", type=float, required=True,
+                        help="the value every other is tested against, chosen before looking at the results")
     args = parser.parse_args()
     client = client_for(resolve_store(args.store).existing().tracking_uri, create=False)
     runs, _ = find_runs(client, study=args.study)
     table = comparison_table(client, runs, [s for s in SCORES if s != "d_overfit"] + ["d_overfit"])
     groups = {value: rows for value, rows in table.groupby(args.parameter)}
-    means = {value: rows["fid_proxy"].mean() for value, rows in groups.items()}
-    reference = args.reference if args.reference is not None else min(means, key=means.get)
+    reference = args.reference
     print(f"{args.study}: {len(table)} trials; p: exact permutation test of mean test fid_proxy against "
           f"{args.parameter}={reference:g}")
     header = [args.parameter, "n", *(f"{s} mean ± sd" for s in SCORES), "collapsed", "noise", "p (fid)"]

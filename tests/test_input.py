@@ -152,7 +152,7 @@ def test_every_space_entry_is_checked_when_the_file_loads(tmp_path, space, fragm
     ("trials = 3", "trials is for tpe/random searches"),
     ('objective = "fid"', "objective must be a table"),
     ('objective = { metric = "fid" }', "unknown metric 'fid'; did you mean 'fid_proxy'?"),
-    ("n_eval = 1", "n_eval must be in [2, 100000]"),
+    ("n_eval = 3", "n_eval must be in [4, 100000]"),
     ('name = "other"', "a study's name is its file name, 'tiny'"),
     ("saturation_window = 100", "divergence_window"),
     ("collapse_window = -1", "collapse_window must be in [0, 1000]"),

@@ -236,8 +236,10 @@ def test_score_hook_scores_every_epoch(tiny_data):
 def test_the_two_slices_split_the_held_out_images_and_the_floor_is_a_mean_over_draws(evaluator, mnist5k):
     n = evaluator.n
     assert n == len(mnist5k.test_images) // 2
-    assert torch.equal(evaluator.slices["validation"].images, mnist5k.test_images[:n])
-    assert torch.equal(evaluator.slices["test"].images, mnist5k.test_images[n:2 * n])
+    order = torch.randperm(len(mnist5k.test_images), generator=torch.Generator().manual_seed(evaluation.SLICE_SEED))
+    assert torch.equal(evaluator.slices["validation"].images, mnist5k.test_images[order[:n]])
+    assert torch.equal(evaluator.slices["test"].images, mnist5k.test_images[order[n:2 * n]])
+    assert not set(order[:n].tolist()) & set(order[n:2 * n].tolist())
     draws = [evaluator.score(mnist5k.train_images[k * n:(k + 1) * n], mnist5k.train_labels[k * n:(k + 1) * n],
                              "test")["fid_proxy"] for k in range(evaluation.FLOOR_DRAWS)]
     assert evaluator.floor["fid_proxy"] == pytest.approx(sum(draws) / len(draws), rel=1e-12)

@@ -100,6 +100,8 @@ def test_a_wrong_checksum_is_one_line_exit_2_and_nothing_is_written(root):
     ((np.zeros((2, 783), np.float32), np.zeros(2, np.int64)),) * 3,  # not 28x28
     ((np.full((2, 784), 0.3, np.float32), np.zeros(2, np.int64)),) * 3,  # not byte / 256
     ((np.zeros((2, 784), np.float32), np.full(2, 10, np.int64)),) * 3,  # not a digit
+    ((np.zeros((2, 784), [("x", np.float32)]), np.zeros(2, np.int64)),) * 3,  # not plain numbers
+    ((np.zeros((0, 784), np.float32), np.zeros(0, np.int64)),) * 3,  # empty
 ])
 def test_a_pickle_of_another_layout_is_refused(root, layout):
     root.mkdir()

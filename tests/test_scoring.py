@@ -125,3 +125,19 @@ def test_runs_of_another_evaluation_size_do_not_rank_together(client, experiment
     _scored_run(client, experiment, "a" * 16, 2000, 10.0)
     with pytest.raises(GansweepError, match="n=2000"):
         require_one_scoring(client.search_runs([experiment]), False)
+
+
+def test_an_unpinned_study_whose_trials_were_scored_otherwise_is_refused(client, experiment, shipped, mnist5k):
+    parent = client.create_run(experiment)
+    child = client.create_run(experiment, tags={"mlflow.parentRunId": parent.info.run_id})
+    client.log_batch(child.info.run_id, params=[Param("feature_net.checksum", "0123456789abcdef"),
+                                                Param("eval.n", "2000")])
+    with pytest.raises(ConfigError, match="scored by an earlier gansweep"):
+        pinned_evaluator(client, client.get_run(parent.info.run_id), shipped, mnist5k, None)
+    assert "feature_net.checksum" not in client.get_run(parent.info.run_id).data.params  # nothing pinned
+
+
+def test_a_run_that_failed_before_scoring_blocks_no_table(client, experiment):
+    _scored_run(client, experiment, "a" * 16, 5000, 10.0)
+    client.create_run(experiment)  # failed while building its networks: no params, no scores
+    require_one_scoring(client.search_runs([experiment]), False)
