@@ -58,6 +58,7 @@ def main() -> None:
         for score in SCORES:
             values = rows[score].dropna()
             sd = values.std(ddof=1) if len(values) > 1 else math.nan
+            sd = 0.0 if sd < 1e-9 * abs(values.mean()) else sd  # equal values, up to float rounding
             cells.append(f"{values.mean():.3g} ± {sd:.2g}")
         cells.append(str((rows["mode_collapse"] != "").sum()))
         cells.append(str((rows["noise"] != "").sum()))
