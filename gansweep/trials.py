@@ -121,10 +121,14 @@ class TrialRunner:
         return self.attempts[key] > self.retries
 
     def _stand_down_if_taken(self, trial: Any, same: Callable[[Any], bool], what: str) -> bool:
-        """Two processes can be handed the same work at once (a grid's last point, a re-run); the trial with
-        the higher number stands down as a duplicate."""
+        """Two processes can be handed the same work at once (a grid's last point, a re-run). Each trial, its
+        work already recorded, claims it, then reads the others: it stands down as a duplicate if another trial
+        of the same work has claimed it or is done. Of two that race, the later reader sees the earlier claim,
+        so never both go on; if both read after both claimed, both stand down and the work is handed out again."""
+        trial.set_user_attr("claimed", True)
         for other in self.study.get_trials(deepcopy=False, states=LIVE):
-            if other.number < trial.number and same(other):
+            claimed = other.state != TrialState.RUNNING or other.user_attrs.get("claimed", False)
+            if other.number != trial.number and claimed and same(other):
                 trial.set_user_attr("status", "duplicate")
                 trial.set_user_attr("reason", f"{what} already taken by trial {other.number}")
                 self.study.tell(trial, state=TrialState.FAIL)
