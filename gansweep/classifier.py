@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from gansweep.atomic import atomic_path
 from gansweep.data import Dataset
 from gansweep.errors import GansweepError
+from gansweep.nets import chunks
 
 __all__ = ["FEATURE_NET_VERSION", "FEATURES", "FeatureNet", "Classifier", "SHIPPED", "shipped_dir", "cache_dir",
            "cached_path", "cached_records", "shipped_records", "get_classifier", "digit_accuracy", "weights_checksum",
@@ -33,7 +34,6 @@ __all__ = ["FEATURE_NET_VERSION", "FEATURES", "FeatureNet", "Classifier", "SHIPP
 
 FEATURE_NET_VERSION = 2  # raise when the architecture or its recipe changes: cached networks are then retrained
 FEATURES = 128  # width of the penultimate layer, the space FID, KID and precision/recall are measured in
-_CHUNK = 1000  # images per forward pass when featurising
 SHIPPED = {"mnist": "mnist", "mnist-5k": "mnist"}  # dataset -> the network shipped for it, in shipped_dir()
 
 
@@ -77,8 +77,8 @@ class Classifier:
     def embed(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(penultimate features, logits) of images in [-1, 1], in chunks so memory stays bounded."""
         features, logits = [], []
-        for i in range(0, len(images), _CHUNK):
-            f = self.net.body(images[i:i + _CHUNK])
+        for part in chunks(len(images)):
+            f = self.net.body(images[part])
             features.append(f)
             logits.append(self.net.head(f))
         return torch.cat(features), torch.cat(logits)
@@ -92,8 +92,7 @@ class Classifier:
 def digit_accuracy(net: FeatureNet, images: Tensor, labels: Tensor) -> float:
     """Share of images whose top logit is their label; "not a digit" counts as wrong."""
     net.eval()
-    correct = sum(int((net(images[i:i + _CHUNK]).argmax(1) == labels[i:i + _CHUNK]).sum())
-                  for i in range(0, len(images), _CHUNK))
+    correct = sum(int((net(images[part]).argmax(1) == labels[part]).sum()) for part in chunks(len(images)))
     return correct / len(images)
 
 

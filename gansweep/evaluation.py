@@ -23,7 +23,7 @@ from gansweep.classifier import Classifier
 from gansweep.collapse import judge
 from gansweep.data import Dataset
 from gansweep.errors import ConfigError, GansweepError
-from gansweep.nets import generate
+from gansweep.nets import chunks, generate
 from gansweep.metrics import (GaussianStats, class_coverage, classifier_score, conditional_accuracy,
                               digit_predictions, frechet_distance, gaussian_stats, kid, parzen_log_likelihood,
                               precision_recall)
@@ -198,8 +198,8 @@ class Evaluator:
         """D's mean output (logit or critic value) on N training images minus on the N validation images: about 0
         while D judges images, growing as it memorises the ones it was shown. D is in inference mode meanwhile."""
         def mean_output(images: Tensor, labels: Tensor) -> float:
-            outputs = [d(images[i:i + _CHUNK], labels[i:i + _CHUNK] if conditional else None).flatten()
-                       for i in range(0, len(images), _CHUNK)]
+            outputs = [d(images[part], labels[part] if conditional else None).flatten()
+                       for part in chunks(len(images))]
             return float(torch.cat(outputs).to(torch.float64).mean())
 
         was_training = d.training
@@ -209,9 +209,6 @@ class Evaluator:
             return mean_output(*self.seen) - mean_output(held_out.images, held_out.labels)
         finally:
             d.train(was_training)
-
-
-_CHUNK = 1000  # images per forward pass of D
 
 
 def eval_inputs(n: int, z_dim: int, n_classes: int, conditional: bool, device: torch.device,
@@ -225,18 +222,21 @@ class ScoreHook(Hook):
     """Puts into `state.scores` after every epoch `score/NAME` (validation), `test/NAME`, and `se/NAME` and
     `test_se/NAME` (their standard errors), and once at the start `floor/NAME` and `floor_sd/NAME`; and judges
     each epoch's samples (collapse.py): the first collapsed epoch is noted as `mode_collapse` (with the epoch it
-    recovered at, if it does), a fall into noise after drawing digits as `noise`, and so is a last epoch of a
-    run that never drew digits. Samples that cannot be scored end the run as diverged."""
+    recovered at, if it does), a fall into noise after drawing digits as `noise`, and so is a run that never drew
+    digits, however it ended (finished, pruned, stopped). Samples that cannot be scored end the run as diverged."""
 
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
         self.drew_digits = False  # some epoch so far was not judged noise
+        self.noise_note: str | None = None  # the latest noise verdict while no epoch drew digits
 
-    def state_dict(self) -> dict[str, bool]:
-        return {"drew_digits": self.drew_digits}
+    def state_dict(self) -> dict[str, object]:
+        return {"drew_digits": self.drew_digits, "noise_note": self.noise_note}
 
-    def load_state_dict(self, saved: dict[str, bool]) -> None:
-        self.drew_digits = saved.get("drew_digits", False)
+    def load_state_dict(self, saved: dict[str, object]) -> None:
+        self.drew_digits = bool(saved.get("drew_digits", False))
+        note = saved.get("noise_note")
+        self.noise_note = note if isinstance(note, str) else None
 
     def on_start(self, state: TrainState) -> None:
         n, z_dim, n_classes = self.evaluator.n, state.config.z_dim, state.data.n_classes
@@ -267,8 +267,12 @@ class ScoreHook(Hook):
         if kind == "noise" and self.drew_digits and "noise" not in notes:
             notes["noise"] = verdict.note(state.epoch)
         self.drew_digits = self.drew_digits or kind != "noise"
-        if not self.drew_digits and state.epoch == state.config.epochs:
-            notes["noise"] = f"{verdict.note(state.epoch)}; it never drew digits"
+        if not self.drew_digits:
+            self.noise_note = verdict.note(state.epoch)
+
+    def on_stop(self, state: TrainState, status: str) -> None:
+        if self.noise_note is not None and not self.drew_digits and "noise" not in state.notes:
+            state.notes["noise"] = f"{self.noise_note}; it never drew digits"
 
 
 

@@ -16,21 +16,24 @@ from torch import Tensor, nn
 from gansweep.config import TrainConfig
 from gansweep.errors import ConfigError
 
-__all__ = ["Architecture", "ARCHITECTURES", "Conditioning", "CONDITIONINGS", "generate"]
+__all__ = ["Architecture", "ARCHITECTURES", "Conditioning", "CONDITIONINGS", "generate", "chunks"]
 
 ImageShape = tuple[int, int, int]  # (channels, height, width)
-_CHUNK = 1000  # images per forward pass in `generate`
+CHUNK = 1000  # images per forward pass wherever a network sees many at once: memory stays bounded at any n
+
+
+def chunks(n: int) -> list[slice]:
+    """Slices of at most CHUNK that cover n images in order."""
+    return [slice(i, i + CHUNK) for i in range(0, n, CHUNK)]
 
 
 @torch.no_grad()
 def generate(g: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:
-    """G's images for `z`, with BatchNorm in inference mode and in chunks so memory stays bounded at any n;
-    G is back in the mode it was in afterwards."""
+    """G's images for `z`, with BatchNorm in inference mode and in chunks; G is back in the mode it was in afterwards."""
     was_training = g.training
     g.eval()
     try:
-        return torch.cat([g(z[i:i + _CHUNK], None if labels is None else labels[i:i + _CHUNK])
-                          for i in range(0, len(z), _CHUNK)])
+        return torch.cat([g(z[part], None if labels is None else labels[part]) for part in chunks(len(z))])
     finally:
         g.train(was_training)
 

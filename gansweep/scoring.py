@@ -8,9 +8,10 @@ A run records the same two values as params, which is what `export`, `report` an
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ def _fetched_network(client: Any, run_id: str, checksum: str, data: Dataset) -> 
     """The network `checksum` that run `run_id` holds as an artifact, or None when it holds none."""
     from mlflow.exceptions import MlflowException
 
-    from gansweep.classifier import load_network_file
+    from gansweep.classifier import load_network_file, shipped_records
 
     with tempfile.TemporaryDirectory(prefix="gansweep-pin-") as folder:
         try:
@@ -58,34 +59,40 @@ def _fetched_network(client: Any, run_id: str, checksum: str, data: Dataset) -> 
     if classifier.checksum != checksum:
         raise GansweepError(f"the feature network stored with run {run_id} has checksum {classifier.checksum}, "
                             f"not the {checksum} recorded for it; the store is damaged")
-    return classifier.to(data.train_images.device)
+    shipped = checksum in {record["checksum"] for record in shipped_records()}
+    return dataclasses.replace(classifier, shipped=shipped).to(data.train_images.device)
 
 
-def pinned_evaluator(client: Any, parent: Any, evaluator: Evaluator, data: Dataset,
+def pinned_evaluator(client: Any, parent: Any, local: Callable[[], Evaluator], data: Dataset,
                      requested_n: int | None) -> Evaluator:
-    """`evaluator`, or one scoring as the study's parent run says its trials are scored. A parent of an older
-    gansweep that recorded no scoring is pinned now, to what this worker scores with. An evaluation size asked
-    for (`requested_n`) that is not the study's is refused: its trials would not compare."""
-    from gansweep.evaluation import Evaluator
+    """The evaluator of the study whose parent run is `parent`: its pinned network, as the parent holds it, and
+    its evaluation size. `local` gives this machine's evaluator, and is called only where it is needed (it may
+    train a network): to pin a parent of an older gansweep that recorded no scoring, or where the parent holds
+    no copy. An evaluation size asked for (`requested_n`) that is not the study's is refused: its trials would
+    not compare."""
+    from gansweep.evaluation import Evaluator, eval_size
 
     recorded = parent.data.params
     if SCORING_PARAMS[0] not in recorded:
+        evaluator = local()
         _refuse_older_scoring(client, parent, evaluator)
         pin(client, parent.info.run_id, evaluator)
         return evaluator
     checksum, n = recorded["feature_net.checksum"], int(recorded["eval.n"])
-    if evaluator.classifier.checksum == checksum and evaluator.n == n:
-        return evaluator
-    if requested_n is not None and evaluator.n != n:
-        raise ConfigError(f"this study's trials are scored on {n} images, now asked for {evaluator.n}: they would "
-                          "not compare; leave out n_eval to continue it, or add --fresh to start a new study")
-    classifier = evaluator.classifier
-    if classifier.checksum != checksum:
-        classifier = _fetched_network(client, parent.info.run_id, checksum, data)
-        if classifier is None:
+    if requested_n is not None and eval_size(requested_n, data) != n:
+        raise ConfigError(f"this study's trials are scored on {n} images, now asked for "
+                          f"{eval_size(requested_n, data)}: they would not compare; leave out n_eval to continue "
+                          "it, or add --fresh to start a new study")
+    classifier = _fetched_network(client, parent.info.run_id, checksum, data)
+    if classifier is None:
+        evaluator = local()
+        if evaluator.classifier.checksum != checksum:
             raise GansweepError(f"this study's trials are scored with feature network {checksum}, which its parent "
                                 f"run {parent.info.run_id} does not hold, and this machine's is "
                                 f"{evaluator.classifier.checksum}; add --fresh to start the study anew")
+        if evaluator.n == n:
+            return evaluator
+        classifier = evaluator.classifier
     return Evaluator(classifier, data, n)
 
 

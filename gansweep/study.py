@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import secrets
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,18 +115,23 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
         continued = _continued_parent(client_for(store.tracking_uri, create=False), spec, options)
     database = store.optuna() if "://" in store.storage else None  # a server is reached before the data load
     data = load_dataset(DataConfig(dataset=spec.dataset), device)
-    evaluator = Evaluator(get_classifier(data), data, spec.n_eval)
+    local = functools.cache(lambda: Evaluator(get_classifier(data), data, spec.n_eval))  # may train a network
+    if continued is None:  # a new study is pinned to this machine's, made (and checked) before a store is created
+        local()
     storage = database or store.optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = client_for(store.tracking_uri)
+    evaluator = None
     if continued is not None:  # checked before the parent is touched
         with store_lock(store.tracking_uri):  # an unpinned parent is pinned by one worker, not two
-            evaluator = pinned_evaluator(client, client.get_run(continued.info.run_id), evaluator, data,
-                                         spec.n_eval)
+            evaluator = pinned_evaluator(client, client.get_run(continued.info.run_id), local, data, spec.n_eval)
     with _sigterm_interrupts():
         with store_lock(store.tracking_uri):  # two processes starting the same study at once share one parent
-            study, parent_id, experiment = _open_study(client, storage, spec, options, evaluator)
-        evaluator = pinned_evaluator(client, client.get_run(parent_id), evaluator, data, spec.n_eval)
+            study, parent_id, experiment, pinned = _open_study(client, storage, spec, options, local)
+        if pinned is not None:
+            evaluator = pinned
+        elif evaluator is None or parent_id != continued.info.run_id:
+            evaluator = pinned_evaluator(client, client.get_run(parent_id), local, data, spec.n_eval)
         try:
             liveness = Liveness(storage, None if database is not None else Path(store.storage))
             runner = TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress,
@@ -170,9 +176,10 @@ def _end_parent(client: Any, parent_id: str, status: str) -> None:
 
 
 def _open_study(client: Any, storage: Any, spec: StudySpec, options: StudyOptions,
-                evaluator: Any) -> tuple[Any, str, str]:
-    """The Optuna study, its parent run and experiment: continued, or new. Of several workers that start a new
-    study together, the one whose create_study succeeds makes the parent run; the others wait for it."""
+                local: Callable[[], Any]) -> tuple[Any, str, str, Any]:
+    """The Optuna study, its parent run and experiment: continued, or new; and, for a new parent, the evaluator
+    it was pinned to (`local`'s), else None. Of several workers that start a new study together, the one whose
+    create_study succeeds makes the parent run; the others wait for it."""
     parent = _continued_parent(client, spec, options)
     if parent is not None:
         name = parent.data.tags["gansweep.optuna_study"]
@@ -186,12 +193,13 @@ def _open_study(client: Any, storage: Any, spec: StudySpec, options: StudyOption
 
         experiment = experiment_id(client, options.experiment or spec.name)
         parent_id = _new_parent(client, experiment, spec, name)
+        evaluator = local()
         pin(client, parent_id, evaluator)  # before the parent is named on the study: no worker scores unpinned
         study.set_user_attr("mlflow_parent_run_id", parent_id)
         study.set_user_attr("mlflow_experiment_id", experiment)
-        return study, parent_id, experiment
+        return study, parent_id, experiment, evaluator
     client.update_run(parent.info.run_id, status="RUNNING")
-    return study, parent.info.run_id, parent.info.experiment_id
+    return study, parent.info.run_id, parent.info.experiment_id, None
 
 
 def _optuna_study(storage: Any, spec: StudySpec, name: str) -> tuple[Any, bool]:

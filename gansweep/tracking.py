@@ -160,6 +160,9 @@ class MlflowHook(Hook):
         grid = self.work_dir / "samples" / f"epoch_{state.epoch:03d}.png"
         if grid.exists():
             self.client.log_artifact(self.run_id, str(grid), "samples")
+        self._tag_notes(state)
+
+    def _tag_notes(self, state: TrainState) -> None:
         for name, note in state.notes.items():
             if self.noted.get(name) != note:
                 self.noted[name] = note
@@ -187,6 +190,7 @@ class MlflowHook(Hook):
                 path.unlink()  # kept in the run now; a process killed later leaves no copy behind
 
     def on_end(self, state: TrainState, result: TrainResult) -> None:
+        self._tag_notes(state)  # a judgement of the whole run, made once it stopped
         grids = sorted((self.work_dir / "samples").glob("epoch_*.png"))
         if grids:
             self.client.log_artifact(self.run_id, str(_write_gif(grids, self.work_dir / "grids.gif")), "samples")

@@ -134,6 +134,10 @@ class Hook:
         there): the moment `state`, with `state.resume` filled from every hook's state_dict, is whole enough to
         continue from."""
 
+    def on_stop(self, state: TrainState, status: str) -> None:
+        """Once training has ended (not when it is interrupted), before its result is made: the last moment a
+        hook may add to `state.notes`, for a judgement of the whole run."""
+
     def on_end(self, state: TrainState, result: TrainResult) -> None:
         """Once, however training ended (KeyboardInterrupt too, with status 'interrupted', before it propagates)."""
 
@@ -380,6 +384,8 @@ def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[
             except Exception:  # a store gone as well: the interrupt is what ends the run, and what is raised
                 pass
         raise
+    for hook in hooks:
+        hook.on_stop(state, status)
     result = _result(state, status, reason, started)
     for hook in hooks:
         hook.on_end(state, result)

@@ -4,6 +4,7 @@ reference value.
 
     python scripts/findings.py --store STORE lr-sensitivity lr --reference 2e-4
     python scripts/findings.py --store STORE dropout dropout --reference 0.0
+    python scripts/findings.py --store STORE variant-shootout variant --reference gan
 
 The permutation test takes every way of splitting the pooled seeds of two values into two groups of the same sizes
 and counts how often the difference of means is at least as large as the one observed (two-sided). It assumes
@@ -35,26 +36,38 @@ def permutation_p(a: list[float], b: list[float]) -> float:
     return extreme / len(splits)
 
 
+def _value(text: str) -> float | str:
+    """A swept value as the table holds it: a number, or a name such as a variant."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _shown(value: float | str) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study")
     parser.add_argument("parameter")
     parser.add_argument("--store", default=None)
-    parser.add_argument("--reference", type=float, required=True,
+    parser.add_argument("--reference", required=True,
                         help="the value every other is tested against, chosen before looking at the results")
     args = parser.parse_args()
     client = client_for(resolve_store(args.store).existing().tracking_uri, create=False)
     runs, _ = find_runs(client, study=args.study)
     table = comparison_table(client, runs, [s for s in SCORES if s != "d_overfit"] + ["d_overfit"])
     groups = {value: rows for value, rows in table.groupby(args.parameter)}
-    reference = args.reference
+    reference = _value(args.reference)
     print(f"{args.study}: {len(table)} trials; p: exact permutation test of mean test fid_proxy against "
-          f"{args.parameter}={reference:g}")
+          f"{args.parameter}={_shown(reference)}")
     header = [args.parameter, "n", *(f"{s} mean ± sd" for s in SCORES), "collapsed", "noise", "p (fid)"]
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     for value, rows in groups.items():
-        cells = [f"{value:g}", str(rows["fid_proxy"].notna().sum())]
+        cells = [_shown(value), str(rows["fid_proxy"].notna().sum())]
         for score in SCORES:
             values = rows[score].dropna()
             sd = values.std(ddof=1) if len(values) > 1 else math.nan

@@ -12,6 +12,7 @@ from torch import nn
 
 from gansweep.collapse import Verdict, judge
 from gansweep.evaluation import Evaluator, ScoreHook
+from gansweep.trainer import TrainResult
 
 N = 500  # half of mnist-5k's held-out split: the evaluation size there
 
@@ -47,11 +48,13 @@ def _images(mnist5k, classes=None) -> torch.Tensor:
     return images[torch.arange(N) % len(images)]
 
 
-def _played(evaluator, frames: list[torch.Tensor]) -> tuple[dict[str, str], list[dict[str, float]]]:
-    """The notes a run gets, and its scores per epoch, when G draws `frames[k]` at epoch k + 1."""
+def _played(evaluator, frames: list[torch.Tensor], budget: int | None = None
+            ) -> tuple[dict[str, str], list[dict[str, float]]]:
+    """The notes a run of `budget` epochs (else as many as frames) gets, and its scores per epoch, when G draws
+    `frames[k]` at epoch k + 1 and the run stops after the last frame."""
     g = Frames(frames)
     state = SimpleNamespace(g=g, d=MeanPixel(), conditional=False, scores={}, notes={}, epoch=0, step=0,
-                            device=torch.device("cpu"), config=SimpleNamespace(z_dim=1, epochs=len(frames)),
+                            device=torch.device("cpu"), config=SimpleNamespace(z_dim=1, epochs=budget or len(frames)),
                             data=SimpleNamespace(n_classes=10))
     hook = ScoreHook(evaluator)
     hook.on_start(state)
@@ -61,6 +64,7 @@ def _played(evaluator, frames: list[torch.Tensor]) -> tuple[dict[str, str], list
         g.epoch, state.epoch = epoch, epoch + 1
         hook.on_epoch_end(state)
         scores.append({k.removeprefix("score/"): v for k, v in state.scores.items() if k.startswith("score/")})
+    hook.on_stop(state, "finished" if len(frames) == state.config.epochs else "pruned")
     return state.notes, scores
 
 
@@ -103,11 +107,20 @@ def test_blurred_digits_of_every_class_are_no_collapse(evaluator, mnist5k):
     assert scores[0]["fid_proxy"] > 5 * _played(evaluator, [_images(mnist5k)])[1][0]["fid_proxy"]
 
 
-def test_noise_from_start_to_end_is_noted_once_at_the_last_epoch(evaluator):
-    noise = [torch.rand(N, 1, 28, 28, generator=torch.Generator().manual_seed(k)) * 2 - 1 for k in range(3)]
-    notes, _ = _played(evaluator, noise)
-    assert set(notes) == {"noise"} and notes["noise"].startswith("epoch 3: ")
+def _noise(k: int) -> torch.Tensor:
+    return torch.rand(N, 1, 28, 28, generator=torch.Generator().manual_seed(k)) * 2 - 1
+
+
+@pytest.mark.parametrize("epochs", [3, 1])  # 1 of 3: a run pruned after its first epoch
+def test_noise_from_start_to_end_is_noted_once_when_the_run_stops(evaluator, epochs):
+    notes, _ = _played(evaluator, [_noise(k) for k in range(epochs)], budget=3)
+    assert set(notes) == {"noise"} and notes["noise"].startswith(f"epoch {epochs}: ")
     assert notes["noise"].endswith("it never drew digits")
+
+
+def test_noise_that_turns_into_digits_is_no_noise(evaluator, mnist5k):
+    notes, _ = _played(evaluator, [_noise(0), _images(mnist5k)])
+    assert notes == {}
 
 
 def test_d_overfit_is_the_gap_between_training_and_held_out_images(evaluator, mnist5k):
@@ -145,3 +158,8 @@ def test_the_run_s_tag_follows_its_note_as_it_grows(tmp_path):
         hook.on_epoch_end(state)
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["gansweep.mode_collapse"] == "epoch 3: 1 of 10 classes; recovered at epoch 5"
+    state.notes["noise"] = "epoch 1: 99% of samples are not digits; it never drew digits"  # made as it stopped
+    hook.on_end(SimpleNamespace(variant=SimpleNamespace(name="gan"), **vars(state)),
+                TrainResult("pruned", "pruned at epoch 5", 5, 0, 0, 1.0, {}, {}, dict(state.notes)))
+    run = client.get_run(run.info.run_id)
+    assert run.data.tags["gansweep.noise"] == state.notes["noise"] and run.info.status == "KILLED"

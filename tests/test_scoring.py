@@ -51,11 +51,26 @@ def test_a_pinned_study_scores_with_its_own_network_on_any_worker(client, experi
     assert [a.path for a in client.list_artifacts(parent.info.run_id, NETWORK_ARTIFACTS)] == [
         f"{NETWORK_ARTIFACTS}/{shipped.classifier.checksum}.pt"]
     elsewhere = Evaluator(_other_network(), mnist5k, 1000)  # another machine's network and evaluation size
-    used = pinned_evaluator(client, recorded, elsewhere, mnist5k, None)
+    used = pinned_evaluator(client, recorded, lambda: elsewhere, mnist5k, None)
     assert used.classifier.checksum == shipped.classifier.checksum and used.n == N
+    assert used.classifier.shipped and used.params() == shipped.params()
     images = mnist5k.train_images[1000:1300]
     assert used.score(images) == shipped.score(images)  # the same bytes: the same numbers, exactly
-    assert pinned_evaluator(client, recorded, shipped, mnist5k, None) is shipped
+
+
+def test_a_worker_joining_a_pinned_study_trains_no_network_of_its_own(client, experiment, mnist5k):
+    """A dataset without a shipped network: the study's copy is used, and this machine's is never made."""
+    other = Evaluator(_other_network(), mnist5k, N)
+    parent = client.create_run(experiment)
+    pin(client, parent.info.run_id, other)
+
+    def local():
+        raise AssertionError("this machine's network was asked for")
+
+    used = pinned_evaluator(client, client.get_run(parent.info.run_id), local, mnist5k, None)
+    assert used.classifier.checksum == other.classifier.checksum and not used.classifier.shipped
+    images = mnist5k.train_images[1000:1300]
+    assert used.score(images) == other.score(images)
 
 
 def test_a_study_refuses_another_evaluation_size_and_a_network_it_does_not_hold(client, experiment, shipped,
@@ -64,17 +79,17 @@ def test_a_study_refuses_another_evaluation_size_and_a_network_it_does_not_hold(
     pin(client, parent.info.run_id, shipped)
     recorded = client.get_run(parent.info.run_id)
     with pytest.raises(ConfigError, match=f"scored on {N} images, now asked for 200"):
-        pinned_evaluator(client, recorded, Evaluator(shipped.classifier, mnist5k, 200), mnist5k, 200)
+        pinned_evaluator(client, recorded, lambda: Evaluator(shipped.classifier, mnist5k, 200), mnist5k, 200)
     bare = client.create_run(experiment)
     client.log_batch(bare.info.run_id, params=[Param("feature_net.checksum", "0123456789abcdef"),
                                                Param("eval.n", str(N))])
     with pytest.raises(GansweepError, match="does not hold"):
-        pinned_evaluator(client, client.get_run(bare.info.run_id), shipped, mnist5k, None)
+        pinned_evaluator(client, client.get_run(bare.info.run_id), lambda: shipped, mnist5k, None)
 
 
 def test_a_parent_without_a_pin_is_pinned_to_this_worker(client, experiment, shipped, mnist5k):
     parent = client.create_run(experiment)
-    assert pinned_evaluator(client, client.get_run(parent.info.run_id), shipped, mnist5k, None) is shipped
+    assert pinned_evaluator(client, client.get_run(parent.info.run_id), lambda: shipped, mnist5k, None) is shipped
     assert client.get_run(parent.info.run_id).data.params["feature_net.checksum"] == shipped.classifier.checksum
 
 
@@ -133,7 +148,7 @@ def test_an_unpinned_study_whose_trials_were_scored_otherwise_is_refused(client,
     client.log_batch(child.info.run_id, params=[Param("feature_net.checksum", "0123456789abcdef"),
                                                 Param("eval.n", "2000")])
     with pytest.raises(ConfigError, match="scored by an earlier gansweep"):
-        pinned_evaluator(client, client.get_run(parent.info.run_id), shipped, mnist5k, None)
+        pinned_evaluator(client, client.get_run(parent.info.run_id), lambda: shipped, mnist5k, None)
     assert "feature_net.checksum" not in client.get_run(parent.info.run_id).data.params  # nothing pinned
 
 
