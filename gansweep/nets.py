@@ -29,7 +29,8 @@ def chunks(n: int) -> list[slice]:
 
 @torch.no_grad()
 def generate(g: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:
-    """G's images for `z`, with BatchNorm in inference mode and in chunks; G is back in the mode it was in afterwards."""
+    """G's images for `z`, with BatchNorm in inference mode and in chunks; G is back in the mode it was in
+    afterwards."""
     was_training = g.training
     g.eval()
     try:

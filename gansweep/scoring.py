@@ -79,10 +79,10 @@ def pinned_evaluator(client: Any, parent: Any, local: Callable[[], Evaluator], d
         pin(client, parent.info.run_id, evaluator)
         return evaluator
     checksum, n = recorded["feature_net.checksum"], int(recorded["eval.n"])
-    if requested_n is not None and eval_size(requested_n, data) != n:
-        raise ConfigError(f"this study's trials are scored on {n} images, now asked for "
-                          f"{eval_size(requested_n, data)}: they would not compare; leave out n_eval to continue "
-                          "it, or add --fresh to start a new study")
+    asked = None if requested_n is None else eval_size(requested_n, data)
+    if asked is not None and asked != n:
+        raise ConfigError(f"this study's trials are scored on {n} images, now asked for {asked}: they would not "
+                          "compare; leave out n_eval to continue it, or add --fresh to start a new study")
     classifier = _fetched_network(client, parent.info.run_id, checksum, data)
     if classifier is None:
         evaluator = local()
