@@ -21,6 +21,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Speed, measured side by side with a baseline; never asserted in the tests.
+# Speed, measured side by side with a baseline; never asserted in the tests. ARGS go to the training benchmark,
+# e.g. make bench ARGS='--device cpu --quick'.
 bench: setup
 	$(BIN)/python benchmarks/bench_scores.py
+	$(BIN)/python benchmarks/bench_train.py $(ARGS)
