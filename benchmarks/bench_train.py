@@ -1,5 +1,6 @@
 """Training speed, side by side in one process: images seen by D per second for the seed-style loop, a minimal
-loop with resident data, and gansweep's trainer, for `gan`, `dcgan` and `wgan-gp` at batch 64 on mnist-5k.
+loop with resident data, gansweep's trainer (one run) and gansweep populations (aggregate over K members: 4 on
+the CPU, 8 and 64 on CUDA), for `gan`, `dcgan` and `wgan-gp` at batch 64 on mnist-5k.
 
 Every loop builds the same G and D from the variant's parts and computes the same losses and penalty; they differ
 only in what surrounds the step. `ratio` is gansweep over the seed-style loop. Run with `make bench`
@@ -11,36 +12,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset, load_dataset
-from gansweep.trainer import g_steps_per_epoch, resolve_device, train
+from gansweep.mnist_wheel import write_idx
+from gansweep.trainer import g_steps_per_epoch, resolve_device, train, train_population
 from gansweep.variants import Variant, get_variant
 
 VARIANTS = ("gan", "dcgan", "wgan-gp")
 BATCH = 64
 
 
-class SeedStyleImages(torch.utils.data.Dataset):
-    """What a tutorial notebook does: uint8 images, ToTensor and Normalize per sample."""
-
-    def __init__(self, images: np.ndarray):
-        self.images = images  # (N, H, W, C) uint8
-        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.transform(self.images[i])
+def seed_style_dataset(images: np.ndarray, labels: np.ndarray, root: Path) -> torchvision.datasets.MNIST:
+    """What a tutorial notebook uses: torchvision's MNIST (a PIL image per sample), ToTensor and Normalize per
+    sample; here over mnist-5k's training split, written as MNIST's raw files."""
+    empty = (np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64))
+    write_idx(root / "MNIST" / "raw", {"train": (images, labels), "validation": empty, "test": empty})
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    return torchvision.datasets.MNIST(str(root), train=True, download=False, transform=transform)
 
 
 def _step_parts(variant: Variant, config: TrainConfig, data: Dataset):
@@ -61,13 +61,14 @@ def _d_step(variant, config, g, d, opt_d, real: Tensor, rng: torch.Generator) ->
     with torch.no_grad():
         fake = g(torch.randn(len(real), config.z_dim, device=real.device, generator=rng))
     loss_d = loss.d_loss(d(real), d(fake), 1.0 - config.label_smoothing)
-    penalty = regularizer.penalty(d, real, fake, config, rng)
+    alpha = torch.rand(len(real), device=real.device, generator=rng) if regularizer.draws_alpha else None
+    penalty = regularizer.penalty(d, real, fake, alpha, torch.tensor(regularizer.strength(config)))
     if penalty is not None:
         loss_d = loss_d + penalty
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
-    regularizer.after_step(d, config)
+    regularizer.constrain([p.detach().unsqueeze(0) for p in d.parameters()], torch.tensor([config.clip_value]))
     return loss_d
 
 
@@ -79,20 +80,21 @@ def _g_step(variant, config, g, d, opt_g, rng: torch.Generator, device: torch.de
     return loss_g
 
 
-def seed_style(variant: Variant, config: TrainConfig, data: Dataset, uint8: np.ndarray, g_steps: int) -> float:
+def seed_style(variant: Variant, config: TrainConfig, data: Dataset, images: torchvision.datasets.MNIST,
+               g_steps: int) -> float:
     """DataLoader over per-sample transforms, `.item()` after every step, batches moved to the device."""
     g, d, opt_g, opt_d = _step_parts(variant, config, data)
     device, rng = data.train_images.device, torch.Generator(device=data.train_images.device)
-    loader = DataLoader(SeedStyleImages(uint8), batch_size=BATCH, shuffle=True, drop_last=True)
+    loader = DataLoader(images, batch_size=BATCH, shuffle=True, drop_last=True)
     batches, seen, done = iter(loader), 0, 0
     start = time.perf_counter()
     while done < g_steps:
         for _ in range(config.n_critic):
             try:
-                real = next(batches)
+                real, _ = next(batches)
             except StopIteration:
                 batches = iter(loader)
-                real = next(batches)
+                real, _ = next(batches)
             real = real.to(device)
             _d_step(variant, config, g, d, opt_d, real, rng).item()
             seen += len(real)
@@ -128,23 +130,34 @@ def gansweep_run(variant: Variant, config: TrainConfig, data: Dataset) -> float:
     return result.images_seen / _elapsed(start, data.train_images.device)
 
 
+def population(variant: Variant, config: TrainConfig, data: Dataset, k: int) -> float:
+    """K members (seeds 0..K-1) in one population, no hooks; images seen by all members per second."""
+    configs = [config.replace(seed=seed) for seed in range(k)]
+    start = time.perf_counter()
+    results = train_population(variant, configs, data, [[] for _ in configs], [None] * k)
+    return sum(r.images_seen for r in results) / _elapsed(start, data.train_images.device)
+
+
 def _elapsed(start: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def measure(name: str, data: Dataset, uint8: np.ndarray, epochs: int) -> dict[str, float]:
+def measure(name: str, data: Dataset, images: torchvision.datasets.MNIST, epochs: int, sizes: tuple[int, ...]
+            ) -> dict[str, object]:
     variant = get_variant(name)
     config = variant.config(epochs=epochs, batch_size=BATCH, device=data.train_images.device.type)
     g_steps = g_steps_per_epoch(config, len(data.train_images)) * epochs
     loops: dict[str, Callable[[], float]] = {
-        "seed_style": lambda: seed_style(variant, config, data, uint8, g_steps),
+        "seed_style": lambda: seed_style(variant, config, data, images, g_steps),
         "minimal": lambda: minimal(variant, config, data, g_steps),
         "gansweep": lambda: gansweep_run(variant, config, data),
     }
-    row = {loop: round(fn(), 1) for loop, fn in loops.items()}
+    row: dict[str, object] = {loop: round(fn(), 1) for loop, fn in loops.items()}
     row["ratio"] = round(row["gansweep"] / row["seed_style"], 2)
+    populations = [{"k": k, "images_per_s": round(population(variant, config, data, k), 1)} for k in sizes]
+    row["population"] = populations[0] if len(populations) == 1 else populations
     return row
 
 
@@ -155,19 +168,24 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     data = load_dataset(DataConfig(dataset="mnist-5k"), device)
-    # the seed-style loop reads the same images the way a notebook does: uint8, (N, H, W, C)
-    uint8 = ((data.train_images.cpu() + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    # the seed-style loop reads the same images the way a notebook does, from MNIST's files
+    uint8 = ((data.train_images.cpu() + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
+    folder = tempfile.TemporaryDirectory(prefix="gansweep-bench-")
+    images = seed_style_dataset(uint8, data.train_labels.cpu().numpy(), Path(folder.name))
     minimal(get_variant("gan"), get_variant("gan").config(), data, 5)  # warm-up: allocator, kernels, threads
     epochs = 1 if args.quick else 3
+    sizes = (4,) if device.type == "cpu" else (8, 64)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, "
           f"{epochs} epoch(s) of mnist-5k per loop; images seen by D per second")
-    print(f"{'variant':<9} {'seed-style':>11} {'minimal':>9} {'gansweep':>9} {'ratio':>6}")
+    print(f"{'variant':<9} {'seed-style':>11} {'minimal':>9} {'gansweep':>9} {'ratio':>6}"
+          + "".join(f" {f'K={k} (all)':>12}" for k in sizes))
     report: dict[str, object] = {"device": device.type, "torch": torch.__version__}
     for name in VARIANTS:
-        row = measure(name, data, uint8, epochs)
+        row = measure(name, data, images, epochs, sizes)
         report[name] = row
+        populations = row["population"] if isinstance(row["population"], list) else [row["population"]]
         print(f"{name:<9} {row['seed_style']:>11,.0f} {row['minimal']:>9,.0f} {row['gansweep']:>9,.0f} "
-              f"{row['ratio']:>6.2f}", flush=True)
+              f"{row['ratio']:>6.2f}" + "".join(f" {p['images_per_s']:>12,.0f}" for p in populations), flush=True)
     print(json.dumps(report))
 
 

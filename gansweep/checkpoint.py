@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from gansweep.atomic import atomic_path
 from gansweep.config import TrainConfig
 from gansweep.data import DataRecord
+from gansweep.divergence import first_non_finite
 from gansweep.errors import GansweepError
-from gansweep.trainer import Hook, TrainState, first_non_finite
+from gansweep.trainer import Hook, TrainState
 from gansweep.variants import Variant, get_variant
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointHook", "sha256"]
@@ -34,6 +35,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _own(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Copies: a member's tensors are views of its population's stack, and torch.save would write the stack."""
+    return {name: t.detach().clone() for name, t in tensors.items()}
+
+
 def save_checkpoint(state: TrainState, path: Path, resumable: bool = True) -> Path:
     """Write `path` atomically. A resumable checkpoint holds everything the run needs to go on exactly as if
     never stopped (networks, optimizers, RNGs, counters, every hook's state); the other kind holds only the
@@ -44,13 +50,12 @@ def save_checkpoint(state: TrainState, path: Path, resumable: bool = True) -> Pa
         "config": state.config.to_dict(),
         "data": state.data.to_dict(),
         "epoch": state.epoch, "step": state.step, "d_steps": state.d_steps, "images_seen": state.images_seen,
-        "g": state.g.state_dict(),
+        "g": _own(state.g.state_dict()),
     }
     if resumable:
         payload.update({
-            "d": state.d.state_dict(), "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "loop": state.rng.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "d": _own(state.d.state_dict()), "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
+            "rng": {"loop": state.rng.get_state(), "dropout": state.dropout_rng.get_state()},
             "resume": state.resume,
         })
     buffer = io.BytesIO()  # torch.save into a file hides a full disk in a RuntimeError; a plain write says ENOSPC

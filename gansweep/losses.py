@@ -22,7 +22,7 @@ class Loss:
 
     name: str
     summary: str
-    d_loss: Callable[[Tensor, Tensor, float], Tensor]
+    d_loss: Callable[[Tensor, Tensor, Tensor | float], Tensor]  # the real target is a tensor in the step
     g_loss: Callable[[Tensor], Tensor]
     has_real_target: bool  # False: label smoothing has no meaning and is rejected
     probabilistic: bool  # scores are logits: D(x) is reported as sigmoid(score), else the raw critic value
@@ -33,8 +33,8 @@ class Loss:
         return torch.sigmoid(score) if self.probabilistic else score
 
 
-def _bce_d(real: Tensor, fake: Tensor, real_target: float) -> Tensor:
-    return (F.binary_cross_entropy_with_logits(real, torch.full_like(real, real_target))
+def _bce_d(real: Tensor, fake: Tensor, real_target: Tensor | float) -> Tensor:
+    return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real) * real_target)
             + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
 
 
@@ -48,7 +48,7 @@ def _non_saturating_g(fake: Tensor) -> Tensor:
     return F.softplus(-fake).mean()
 
 
-def _wasserstein_d(real: Tensor, fake: Tensor, real_target: float) -> Tensor:
+def _wasserstein_d(real: Tensor, fake: Tensor, real_target: Tensor | float) -> Tensor:
     return fake.mean() - real.mean()
 
 
@@ -56,7 +56,7 @@ def _critic_g(fake: Tensor) -> Tensor:
     return -fake.mean()
 
 
-def _least_squares_d(real: Tensor, fake: Tensor, real_target: float) -> Tensor:
+def _least_squares_d(real: Tensor, fake: Tensor, real_target: Tensor | float) -> Tensor:
     # a-b-c coding with a = 0, b = real_target, c = 1 (Mao et al. 2017)
     return 0.5 * ((real - real_target) ** 2).mean() + 0.5 * (fake ** 2).mean()
 
@@ -65,7 +65,7 @@ def _least_squares_g(fake: Tensor) -> Tensor:
     return 0.5 * ((fake - 1) ** 2).mean()
 
 
-def _hinge_d(real: Tensor, fake: Tensor, real_target: float) -> Tensor:
+def _hinge_d(real: Tensor, fake: Tensor, real_target: Tensor | float) -> Tensor:
     return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
 

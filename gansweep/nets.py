@@ -6,8 +6,9 @@ Every G maps (z, labels) to images in [-1, 1]; every D maps (images, labels) to 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 from gansweep.config import TrainConfig
 from gansweep.errors import ConfigError
 
-__all__ = ["Architecture", "ARCHITECTURES", "Conditioning", "CONDITIONINGS", "generate", "chunks"]
+__all__ = ["Architecture", "ARCHITECTURES", "Conditioning", "CONDITIONINGS", "generate", "chunks", "Dropout",
+           "dropout_masks", "dropout_shapes"]
 
 ImageShape = tuple[int, int, int]  # (channels, height, width)
 CHUNK = 1000  # images per forward pass wherever a network sees many at once: memory stays bounded at any n
@@ -37,6 +39,48 @@ def generate(g: nn.Module, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return torch.cat([g(z[part], None if labels is None else labels[part]) for part in chunks(len(z))])
     finally:
         g.train(was_training)
+
+
+_masks: list[Iterator[Tensor]] = []  # the masks handed in by the innermost dropout_masks, if any
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, except inside `dropout_masks`: there each call multiplies by the next mask handed in. The
+    trainer draws the masks itself, from each run's own generator, so that K runs stepped together under vmap
+    drop the same units as each run alone (torch's dropout inside vmap draws from one global stream)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _masks or not self.training:
+            return super().forward(x)
+        return x * next(_masks[-1])
+
+
+@contextlib.contextmanager
+def dropout_masks(masks: Iterator[Tensor]) -> Iterator[None]:
+    """Every Dropout called inside takes its mask from `masks`, in call order."""
+    _masks.append(masks)
+    try:
+        yield
+    finally:
+        _masks.pop()
+
+
+def dropout_shapes(d: nn.Module, x: Tensor, labels: Tensor | None) -> list[torch.Size]:
+    """The mask shapes one training-mode call of `d` on `x` consumes, in order. `d` runs once in inference
+    mode (nothing in it changes: no power iteration, no statistics) and is back in its mode afterwards."""
+    shapes: list[torch.Size] = []
+    hooks = [m.register_forward_pre_hook(lambda _, args: shapes.append(args[0].shape))
+             for m in d.modules() if isinstance(m, Dropout)]
+    was_training = d.training
+    d.eval()
+    try:
+        with torch.no_grad():
+            d(x, labels)
+    finally:
+        d.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return shapes
 
 
 @dataclass(frozen=True)
@@ -117,7 +161,7 @@ class MLPDiscriminator(nn.Module):
             else:
                 layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
             if config.dropout:
-                layers.append(nn.Dropout(config.dropout))
+                layers.append(Dropout(config.dropout))
             width = hidden
         layers.append(nn.Linear(width, 1))
         self.body = nn.Sequential(*layers)
@@ -187,7 +231,7 @@ class DCGANDiscriminator(nn.Module):
         for _ in range(stages):
             layers += [nn.Conv2d(width_in, width, 4, 2, 1), nn.LeakyReLU(0.2)]
             if config.dropout:
-                layers.append(nn.Dropout(config.dropout))
+                layers.append(Dropout(config.dropout))
             width_in, width = width, width * 2
         layers += [nn.Flatten(), nn.Linear(width_in * (size >> stages) ** 2, 1)]
         self.body = nn.Sequential(*layers)

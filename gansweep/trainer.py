@@ -1,15 +1,17 @@
-"""The one training loop, shared by every variant; the variant's parts decide what each step computes.
+"""The one training loop, shared by every variant and every population size; the variant's parts decide what
+each step computes, `Population` computes it for all members at once.
 
-A step is: n_critic D updates (loss part + regularizer part, each on a fresh batch), then one G update. Step
-metrics stay on the device in a small buffer and reach the host in one copy every `log_every` G steps, so the
-loop itself never waits on the device; divergence is judged on that copy (`DivergenceCheck`) and on G's and D's
-weights once per epoch. Everything around the loop (tracking, pruning, progress, sample grids,
-checkpoints) is a `Hook`; this module imports neither mlflow nor optuna.
+A step is: n_critic D updates (loss part + regularizer part, each on a fresh batch), then one G update. A single
+run is a population of one. Step metrics stay on the device in a small buffer and reach the host in one copy every
+`log_every` G steps, so the loop itself never waits on the device; divergence is judged on that copy
+(`DivergenceCheck`, per member) and on G's and D's weights once per epoch. Members end one by one (diverged,
+pruned, ...): an ended member is no longer updated and its run is closed while the others go on. Everything
+around the loop (tracking, pruning, progress, sample grids, checkpoints) is a `Hook`, one set per member; this
+module imports neither mlflow nor optuna.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,19 +22,26 @@ from torch import Tensor, nn
 
 from gansweep.config import TrainConfig
 from gansweep.data import DataRecord, Dataset
+from gansweep.divergence import DivergenceCheck, first_non_finite
 from gansweep.errors import ConfigError
 from gansweep.nets import generate
+from gansweep.population import DROPOUT_SEED_OFFSET, MemberOptimizerView, Population
 from gansweep.variants import Variant
 
-__all__ = ["Hook", "StepLog", "StopTraining", "TrainState", "TrainResult", "train", "resolve_device",
-           "g_steps_per_epoch", "DivergenceCheck", "first_non_finite", "FIXED_NOISE_SEED", "SATURATED_REAL",
-           "SATURATED_FAKE"]
+__all__ = ["Hook", "StepLog", "StopTraining", "TrainState", "TrainResult", "train", "train_population",
+           "resolve_device", "g_steps_per_epoch", "member_key", "FIXED_NOISE_SEED", "MEMBER_FIELDS"]
 
 FIXED_NOISE_SEED = 1234  # one z for the sample grids of every run, so grids compare across trials and seeds
-# A saturated D: mean D(x) above SATURATED_REAL and mean D(G(z)) below SATURATED_FAKE, i.e. D tells real from
-# fake with near certainty and has won the game. Healthy runs pass through it for a few G steps at a time (at
-# most 6 in a row measured on mnist-5k, dcgan at lr 3e-3); only a run that stays there is lost.
-SATURATED_REAL, SATURATED_FAKE = 0.99, 0.01
+# What may differ between the members of one population; every other field (architecture, widths, z size,
+# n_critic, batch size, optimizer, epochs, whether D has dropout at all) shapes the shared step.
+MEMBER_FIELDS = ("lr", "lr_g", "lr_d", "betas", "dropout", "label_smoothing", "clip_value", "gp_weight",
+                 "r1_gamma", "seed", "divergence_window", "g_loss_limit", "n_samples")
+
+
+def member_key(config: TrainConfig) -> tuple[Any, ...]:
+    """Configs with equal keys can train in one population."""
+    values = config.to_dict()
+    return tuple(v for k, v in sorted(values.items()) if k not in MEMBER_FIELDS) + (config.dropout > 0,)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,9 +81,10 @@ class TrainState:
     device: torch.device
     g: nn.Module
     d: nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    rng: torch.Generator  # noise, batch order and penalty interpolation; dropout and init use torch's global RNG
+    opt_g: MemberOptimizerView
+    opt_d: MemberOptimizerView
+    rng: torch.Generator  # noise, batch order and penalty interpolation; init uses torch's global RNG
+    dropout_rng: torch.Generator  # D's dropout masks
     fixed_z: Tensor
     fixed_labels: Tensor | None
     epoch: int = 0  # epochs completed
@@ -149,99 +159,49 @@ class Hook:
         """Take back what state_dict gave, before on_start of a resumed run."""
 
 
-class _Diverged(Exception):
-    pass
-
-
-class DivergenceCheck:
-    """Judges each host copy of the step metrics, in step order. A non-finite value ends a run at once; a
-    saturated D (probabilistic losses only: other critics' values are not probabilities) or |loss/g| above
-    `g_loss_limit` ends it once held for `divergence_window` G steps in a row (0: never). A finite loss can
-    mean a lost run too, but one bad step is noise, so the rules count; the counts carry across copies."""
-
-    def __init__(self, config: TrainConfig, probabilistic: bool):
-        self.window, self.g_loss_limit = config.divergence_window, config.g_loss_limit
-        self.probabilistic = probabilistic
-        self.saturated = self.g_loss_high = 0  # consecutive G steps breaking each rule, up to the last one seen
-
-    def state_dict(self) -> dict[str, int]:
-        return {"saturated": self.saturated, "g_loss_high": self.g_loss_high}
-
-    def load_state_dict(self, saved: dict[str, int]) -> None:
-        self.saturated, self.g_loss_high = saved["saturated"], saved["g_loss_high"]
-
-    def update(self, steps: Sequence[int], metrics: dict[str, list[float]]) -> str | None:
-        """Why the run diverged at one of `steps`, or None; `metrics` holds one value per step for each name."""
-        for i, step in enumerate(steps):
-            bad = next((name for name, values in metrics.items() if not math.isfinite(values[i])), None)
-            if bad is not None:
-                return f"non-finite {bad} at step {step}"
-            if not self.window:
-                continue
-            saturated = (self.probabilistic and metrics["d/real"][i] > SATURATED_REAL
-                         and metrics["d/fake"][i] < SATURATED_FAKE)
-            self.saturated = self.saturated + 1 if saturated else 0
-            self.g_loss_high = self.g_loss_high + 1 if abs(metrics["loss/g"][i]) > self.g_loss_limit else 0
-            if self.saturated >= self.window:
-                return (f"saturated D at step {step}: mean D(x) > {SATURATED_REAL} and mean D(G(z)) < "
-                        f"{SATURATED_FAKE} for {self.window} G steps in a row")
-            if self.g_loss_high >= self.window:
-                return (f"|loss/g| over g_loss_limit at step {step}: above {self.g_loss_limit:g} for {self.window} "
-                        f"G steps in a row")
-        return None
-
-
-def first_non_finite(tensors: dict[str, Tensor]) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or an infinity, or None; one device sync."""
-    named = [(name, t) for name, t in tensors.items() if t.is_floating_point()]
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named])
-    if bool(finite.all()):
-        return None
-    return next(name for (name, _), ok in zip(named, finite.tolist()) if not ok)
-
-
 def _weights(state: TrainState) -> dict[str, Tensor]:
     """G's and D's parameters and buffers: BatchNorm's running statistics shape G's samples as much as weights."""
     return {f"{net}.{name}": t for net, module in (("g", state.g), ("d", state.d))
             for name, t in module.state_dict().items()}
 
 
-def _optimizer(config: TrainConfig, params: Sequence[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr, betas=config.betas)
+def _fixed_z(config: TrainConfig) -> Tensor:
+    return torch.randn(config.n_samples, config.z_dim, generator=torch.Generator().manual_seed(FIXED_NOISE_SEED))
 
 
-def _grad_norm(params: Sequence[nn.Parameter]) -> Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
 
 
-def _new_state(variant: Variant, config: TrainConfig, data: Dataset) -> TrainState:
-    device = data.train_images.device
-    torch.manual_seed(config.seed)
-    g, d = variant.build(config, data.record.image_shape, data.record.n_classes)
-    g, d = g.to(device), d.to(device)
-    rng = torch.Generator(device=device)
-    rng.manual_seed(config.seed)
-    fixed_rng = torch.Generator(device="cpu")
-    fixed_rng.manual_seed(FIXED_NOISE_SEED)
-    fixed_z = torch.randn(config.n_samples, config.z_dim, generator=fixed_rng).to(device)
-    conditional = variant.conditioning_part.conditional
-    fixed_labels = (torch.arange(config.n_samples, device=device) % data.record.n_classes) if conditional else None
-    return TrainState(variant=variant, config=config, data=data.record, device=device, g=g, d=d,
-                      opt_g=_optimizer(config, list(g.parameters()), config.g_lr),
-                      opt_d=_optimizer(config, list(d.parameters()), config.d_lr),
-                      rng=rng, fixed_z=fixed_z, fixed_labels=fixed_labels)
+@dataclass
+class _Member:
+    """One run inside the loop: its state and hooks, and where it stands."""
+
+    state: TrainState
+    hooks: Sequence[Hook]
+    divergence: DivergenceCheck
+    index: int
+    stopped: list[str] | None = None  # a resumed checkpoint of a run that a hook had already stopped
+    checkpointed: int = 0
+    result: TrainResult | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.result is None
 
 
 def _resume(state: TrainState, saved: dict[str, Any], hooks: Sequence[Hook], divergence: DivergenceCheck) -> None:
     """Put a resumable checkpoint back: after it the loop goes on as if it had never stopped."""
-    for module, key in ((state.g, "g"), (state.d, "d"), (state.opt_g, "opt_g"), (state.opt_d, "opt_d")):
-        module.load_state_dict(saved[key])
-    torch.set_rng_state(saved["rng"]["torch"])
+    with torch.no_grad():
+        for module, key in ((state.g, "g"), (state.d, "d")):
+            module.load_state_dict(saved[key])  # copies into the member's slice of the population
+    state.opt_g.load_state_dict(saved["opt_g"])
+    state.opt_d.load_state_dict(saved["opt_d"])
     state.rng.set_state(saved["rng"]["loop"])
-    if saved["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    if "dropout" in saved["rng"]:  # older checkpoints drew dropout from torch's global RNG: start a fresh stream
+        state.dropout_rng.set_state(saved["rng"]["dropout"])
     state.epoch, state.step, state.d_steps = saved["epoch"], saved["step"], saved["d_steps"]
     state.images_seen, state.wall_time_s = saved["images_seen"], saved["resume"]["wall_time_s"]
     state.scores, state.notes, state.last = (dict(saved["resume"][k]) for k in ("scores", "notes", "last"))
@@ -251,145 +211,175 @@ def _resume(state: TrainState, saved: dict[str, Any], hooks: Sequence[Hook], div
             hook.load_state_dict(saved["resume"]["hooks"][type(hook).__name__])
 
 
-def _checkpoint(state: TrainState, hooks: Sequence[Hook], divergence: DivergenceCheck, started: float,
-                stopped: StopTraining | None = None) -> None:
+def _checkpoint(member: _Member, started: float, stopped: StopTraining | None = None) -> None:
     """Fill `state.resume` and call every hook's on_checkpoint; `stopped`: the run ends here, and a resume of
     this checkpoint ends the same way at once."""
-    state.resume = {"divergence": divergence.state_dict(), "wall_time_s": _wall_time(state, started),
+    state, hooks = member.state, member.hooks
+    state.resume = {"divergence": member.divergence.state_dict(), "wall_time_s": _wall_time(state, started),
                     "scores": dict(state.scores), "notes": dict(state.notes), "last": dict(state.last),
                     "stopped": None if stopped is None else [stopped.status, stopped.reason],
                     "hooks": {type(h).__name__: h.state_dict() for h in hooks if h.state_dict()}}
     for hook in hooks:
         hook.on_checkpoint(state)
+    member.checkpointed = state.epoch
+
+
+def _check_members(configs: Sequence[TrainConfig], hooks: Sequence[Sequence[Hook]],
+                   resumes: Sequence[dict[str, Any] | None]) -> None:
+    if not configs or len(hooks) != len(configs) or len(resumes) != len(configs):
+        raise ValueError("a population needs one config, one hook list and one resume (or None) per member")
+    if len({member_key(c) for c in configs}) > 1:
+        raise ConfigError("the members of one population may differ only in " + ", ".join(MEMBER_FIELDS))
+    epochs = {0 if r is None else r["epoch"] for r in resumes}
+    if len(epochs) > 1:
+        raise ConfigError(f"the members of one population must resume from the same epoch, got {sorted(epochs)}")
 
 
 def train(variant: Variant, config: TrainConfig, data: Dataset, hooks: Sequence[Hook] = (),
           resume: dict[str, Any] | None = None) -> TrainResult:
     """Train `variant` on `data` (already on its device) for `config.epochs` and report how it ended;
     `resume`, a resumable checkpoint of the same run, continues it from that checkpoint's epoch."""
+    return train_population(variant, [config], data, [hooks], [resume])[0]
+
+
+def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dataset,
+                     hooks: Sequence[Sequence[Hook]], resumes: Sequence[dict[str, Any] | None]
+                     ) -> list[TrainResult]:
+    """Train one run per config together, each exactly as `train` would alone, and report how each ended.
+    The configs must share `member_key`; `hooks[k]` and `resumes[k]` belong to member k."""
+    _check_members(configs, hooks, resumes)
+    config = configs[0]
+    device = data.train_images.device
     n_train = data.train_images.shape[0]
     steps_per_epoch = g_steps_per_epoch(config, n_train)
-    state = _new_state(variant, config, data)
-    loss, regularizer = variant.loss_part, variant.regularizer_part
-    real_target = 1.0 - config.label_smoothing
-    names = ["loss/d", "loss/g", "d/real", "d/fake", "grad_norm/d", "grad_norm/g"]
-    if loss.wasserstein_estimate:
-        names.append("wasserstein/estimate")
-    buffer = torch.zeros(config.log_every, len(names), device=state.device)
-    pending: list[int] = []
-    clock = {"time": time.perf_counter(), "images": 0}
-    divergence = DivergenceCheck(config, loss.probabilistic)
-    stopped: list[str] | None = None  # a resumed checkpoint of a run that a hook had already stopped
-    if resume is not None:
-        _resume(state, resume, hooks, divergence)
-        clock["images"] = state.images_seen
-        stopped = resume["resume"]["stopped"]
-    checkpointed = state.epoch
-    g_params, d_params = list(state.g.parameters()), list(state.d.parameters())
-    device = state.device
+    conditional = variant.conditioning_part.conditional
+    modules = []
+    for c in configs:
+        torch.manual_seed(c.seed)
+        g, d = variant.build(c, data.record.image_shape, data.record.n_classes)
+        modules.append((g.to(device), d.to(device)))
+    population = Population(variant, configs, [g for g, _ in modules], [d for _, d in modules],
+                            data.record.image_shape, data.record.n_classes, device)
+    members = []
+    for k, (c, (g, d)) in enumerate(zip(configs, modules)):
+        opt_g, opt_d = population.optimizer_views(k)
+        fixed_labels = (torch.arange(c.n_samples, device=device) % data.record.n_classes) if conditional else None
+        state = TrainState(variant=variant, config=c, data=data.record, device=device, g=g, d=d, opt_g=opt_g,
+                           opt_d=opt_d, rng=_generator(device, c.seed),
+                           dropout_rng=_generator(device, c.seed + DROPOUT_SEED_OFFSET),
+                           fixed_z=_fixed_z(c).to(device), fixed_labels=fixed_labels)
+        member = _Member(state, hooks[k], DivergenceCheck(c, variant.loss_part.probabilistic), k)
+        if resumes[k] is not None:
+            _resume(state, resumes[k], member.hooks, member.divergence)
+            member.stopped = resumes[k]["resume"]["stopped"]
+            member.checkpointed = state.epoch
+        members.append(member)
+    names = population.metric_names
+    buffer = torch.zeros(config.log_every, population.k, len(names), device=device)
+    pending: list[int] = []  # G step numbers (of the live members) in the buffer
+    clock = {"time": time.perf_counter(), "images": members[0].state.images_seen}
+    started = time.perf_counter()
 
-    def noise(n: int) -> Tensor:
-        return torch.randn(n, config.z_dim, device=device, generator=state.rng)
+    def end(member: _Member, status: str, reason: str) -> None:
+        population.end(member.index)
+        for hook in member.hooks:
+            hook.on_stop(member.state, status)
+        member.result = _result(member.state, status, reason, started)
+        for hook in member.hooks:
+            hook.on_end(member.state, member.result)
 
     def flush() -> None:
         if not pending:
             return
         rows = buffer[:len(pending)].tolist()  # the loop's one host sync
         now = time.perf_counter()
-        rate = (state.images_seen - clock["images"]) / max(now - clock["time"], 1e-9)
-        clock.update(time=now, images=state.images_seen)
-        metrics = {name: [row[i] for row in rows] for i, name in enumerate(names)}
-        reason = divergence.update(pending, metrics)
-        if reason is not None:
-            pending.clear()
-            raise _Diverged(reason)
-        log = StepLog(steps=list(pending), metrics=metrics, images_per_s=rate)
-        state.last = {name: values[-1] for name, values in metrics.items()}
+        live = [m for m in members if m.live]
+        images = live[0].state.images_seen if live else clock["images"]
+        rate = (images - clock["images"]) / max(now - clock["time"], 1e-9)
+        clock.update(time=now, images=images)
+        steps = list(pending)
         pending.clear()
-        for hook in hooks:
-            hook.on_log(state, log)
+        for member in live:
+            metrics = {name: [row[member.index][i] for row in rows] for i, name in enumerate(names)}
+            reason = member.divergence.update(steps, metrics)
+            if reason is not None:
+                end(member, "diverged", reason)
+                continue
+            member.state.last = {name: values[-1] for name, values in metrics.items()}
+            log = StepLog(steps=steps, metrics=metrics, images_per_s=rate)
+            try:
+                for hook in member.hooks:
+                    hook.on_log(member.state, log)
+            except StopTraining as e:
+                end(member, e.status, e.reason)
 
-    status, reason = ("finished", f"completed {config.epochs} epochs") if stopped is None else stopped
-    started = time.perf_counter()
+    def epoch_end(member: _Member) -> None:
+        state = member.state
+        # an update after the epoch's last logged loss can still overflow: no score or checkpoint may see it
+        bad = first_non_finite(_weights(state))
+        if bad is not None:
+            end(member, "diverged", f"non-finite weight {bad} at step {state.step}")
+            return
+        state.epoch += 1
+        try:
+            for hook in member.hooks:
+                hook.on_epoch_end(state)
+            _checkpoint(member, started)
+        except StopTraining as e:  # the epoch is whole: checkpoint it, and a resume ends the same way
+            _checkpoint(member, started, e)
+            end(member, e.status, e.reason)
+
     try:
-        for hook in hooks:
-            hook.on_start(state)
-        while stopped is None and state.epoch < config.epochs:
-            order = torch.randperm(n_train, device=device, generator=state.rng)
-            for g_step in range(steps_per_epoch):
-                for critic_step in range(config.n_critic):
-                    start = (g_step * config.n_critic + critic_step) * config.batch_size
-                    idx = order[start:start + config.batch_size]
-                    real = data.train_images[idx]
-                    labels = data.train_labels[idx] if state.conditional else None
-                    with torch.no_grad():
-                        fake = state.g(noise(len(idx)), labels)
-
-                    def critic(x: Tensor) -> Tensor:
-                        return state.d(x, labels)
-
-                    real_score, fake_score = critic(real), critic(fake)
-                    loss_d = loss.d_loss(real_score, fake_score, real_target)
-                    penalty = regularizer.penalty(critic, real, fake, config, state.rng)
-                    if penalty is not None:
-                        loss_d = loss_d + penalty
-                    state.opt_d.zero_grad(set_to_none=True)
-                    loss_d.backward()
-                    grad_d = _grad_norm(d_params)
-                    state.opt_d.step()
-                    regularizer.after_step(state.d, config)
-                    state.d_steps += 1
-                    state.images_seen += len(idx)
-
-                g_labels = (torch.randint(0, data.record.n_classes, (config.batch_size,), device=device,
-                                          generator=state.rng) if state.conditional else None)
-                g_score = state.d(state.g(noise(config.batch_size), g_labels), g_labels)
-                loss_g = loss.g_loss(g_score)
-                state.opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                grad_g = _grad_norm(g_params)
-                state.opt_g.step()
-                state.step += 1
-
-                real_score, fake_score = real_score.detach(), fake_score.detach()
-                values = [loss_d.detach(), loss_g.detach(), loss.d_of(real_score).mean(),
-                          loss.d_of(fake_score).mean(), grad_d, grad_g]
-                if loss.wasserstein_estimate:
-                    values.append(real_score.mean() - fake_score.mean())
-                buffer[len(pending)] = torch.stack(values)
-                pending.append(state.step)
+        for member in members:
+            try:
+                for hook in member.hooks:
+                    hook.on_start(member.state)
+            except StopTraining as e:
+                member.stopped = [e.status, e.reason]
+        for member in members:
+            if member.stopped is not None:
+                end(member, *member.stopped)
+            elif member.state.epoch >= member.state.config.epochs:
+                end(member, "finished", f"completed {member.state.config.epochs} epochs")
+        rngs = [m.state.rng for m in members]
+        dropout_rngs = [m.state.dropout_rng for m in members]
+        per_step = config.n_critic * config.batch_size
+        while any(m.live for m in members):
+            orders = torch.stack([torch.randperm(n_train, device=device, generator=r) for r in rngs])
+            for g_step in range(steps_per_epoch):  # every live member is at the same step
+                idx = orders[:, g_step * per_step:(g_step + 1) * per_step].reshape(
+                    population.k, config.n_critic, config.batch_size)
+                labels = data.train_labels[idx] if conditional else None
+                buffer[len(pending)] = population.step(data.train_images[idx], labels, rngs, dropout_rngs)
+                for member in members:
+                    if member.live:
+                        member.state.step += 1
+                        member.state.d_steps += config.n_critic
+                        member.state.images_seen += per_step
+                pending.append(next(m for m in members if m.live).state.step)
                 if len(pending) == config.log_every:
                     flush()
+                if not any(m.live for m in members):
+                    break
             flush()
-            # an update after the epoch's last logged loss can still overflow: no score or checkpoint may see it
-            bad = first_non_finite(_weights(state))
-            if bad is not None:
-                raise _Diverged(f"non-finite weight {bad} at step {state.step}")
-            state.epoch += 1
-            for hook in hooks:
-                hook.on_epoch_end(state)
-            _checkpoint(state, hooks, divergence, started)
-            checkpointed = state.epoch
-    except _Diverged as e:
-        status, reason = "diverged", str(e)
-    except StopTraining as e:
-        status, reason = e.status, e.reason
-        if state.epoch > checkpointed:  # a hook stopped the run at an epoch's end: that epoch is whole
-            _checkpoint(state, hooks, divergence, started, e)
+            for member in members:
+                if member.live:
+                    epoch_end(member)
+            for member in members:
+                if member.live and member.state.epoch >= member.state.config.epochs:
+                    end(member, "finished", f"completed {member.state.config.epochs} epochs")
     except KeyboardInterrupt as e:
-        result = _result(state, "interrupted", str(e) or "interrupted by the user", started)
-        for hook in hooks:
-            try:
-                hook.on_end(state, result)
-            except Exception:  # a store gone as well: the interrupt is what ends the run, and what is raised
-                pass
+        for member in members:
+            if not member.live:
+                continue
+            result = _result(member.state, "interrupted", str(e) or "interrupted by the user", started)
+            for hook in member.hooks:
+                try:
+                    hook.on_end(member.state, result)
+                except Exception:  # a store gone as well: the interrupt is what ends the run, and what is raised
+                    pass
         raise
-    for hook in hooks:
-        hook.on_stop(state, status)
-    result = _result(state, status, reason, started)
-    for hook in hooks:
-        hook.on_end(state, result)
-    return result
+    return [m.result for m in members]
 
 
 def _wall_time(state: TrainState, started: float) -> float:

@@ -82,7 +82,7 @@ class Record(Hook):
 
 @pytest.mark.parametrize("name", ["gan", "cdcgan", "wgan-gp"])
 def test_a_run_resumed_from_its_checkpoint_equals_the_run_never_stopped(tmp_path, tiny_data, name):
-    """Dropout (torch's RNG), batch order, noise and the penalty's interpolation (the loop's RNG), BatchNorm
+    """Dropout (its own generator), batch order, noise and the penalty's interpolation (the loop's RNG), BatchNorm
     statistics and Adam's moments all come back: the resumed run is the same run, step for step."""
     variant = get_variant(name)
     config = variant.config(**{**TINY, "epochs": 4, "log_every": 1})

@@ -17,7 +17,8 @@ from gansweep.cli import main
 from gansweep.config import TrainConfig
 from gansweep.errors import GansweepError
 from gansweep.metrics import GaussianStats, frechet_distance
-from gansweep.trainer import DivergenceCheck, Hook, train
+from gansweep.divergence import DivergenceCheck
+from gansweep.trainer import Hook, train
 from gansweep.variants import get_variant
 
 from conftest import TINY
@@ -72,13 +73,15 @@ def test_window_zero_turns_the_rules_off_but_not_the_finite_check():
 
 @pytest.mark.parametrize("lr", [10.0, 100.0])
 def test_gan_at_a_huge_lr_ends_as_diverged_within_one_epoch(mnist5k, lr):
-    """At lr 10 or 100, |loss/g| is above 1e4 from the first step on (measured: 1e6 to 1e13), while no
-    value is ever non-finite: only the G-loss rule ends these runs."""
+    """At lr 10 or 100, |loss/g| is far above the limit within the first steps (measured: 1e6 to 1e13, with
+    the odd step at 0 where D takes every fake for real), while no value is ever non-finite: only the G-loss
+    rule ends these runs, a window's length after the last step below the limit."""
     variant = get_variant("gan")
     result = train(variant, variant.config(lr=lr, epochs=1, device="cpu"), mnist5k)
     window = TrainConfig().divergence_window
     assert (result.status, result.epochs) == ("diverged", 0) and result.steps < 62  # 4000 // 64 G steps an epoch
-    assert result.reason.startswith(f"|loss/g| over g_loss_limit at step {window}:")
+    step = int(result.reason.removeprefix("|loss/g| over g_loss_limit at step ").split(":")[0])
+    assert window <= step <= result.steps
     off = train(variant, variant.config(lr=lr, epochs=1, device="cpu", divergence_window=0), mnist5k)
     assert off.status == "finished"
 

@@ -1,0 +1,125 @@
+"""Adam and RMSprop over stacked member parameters, with one learning rate (and betas) per member.
+
+torch.optim keeps one scalar learning rate per parameter group, so K members stacked along a leading axis cannot
+each have their own. These follow torch.optim's single-tensor arithmetic step for step (a test holds them to it),
+with every hyperparameter a tensor of shape (K,) broadcast over the member axis, and update in place: the tensors
+keep their addresses from step to step, as a captured CUDA graph needs. `state_dict`/`load_state_dict` speak
+torch.optim's format for one member, so a checkpoint stays loadable by torch.optim and older ones resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MemberOptimizer", "Adam", "RMSprop"]
+
+
+def _per_member(values: Tensor, like: Tensor) -> Tensor:
+    """(K,) -> (K, 1, ..., 1), broadcastable against a stacked tensor `like` of shape (K, ...)."""
+    return values.view(-1, *(1,) * (like.dim() - 1))
+
+
+class MemberOptimizer:
+    """Steps `params`, a list of stacked tensors (K, ...), given their gradients."""
+
+    def __init__(self, params: Sequence[Tensor], lr: Tensor):
+        self.params, self.lr = list(params), lr
+        self.steps = torch.zeros_like(lr)
+
+    def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
+        """One update of every member whose `active` entry is 1 (a float mask of shape (K,)); others stay as
+        they are, their moments too."""
+        raise NotImplementedError
+
+    def _torch_optimizer(self, member: int) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def _state_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _moments(self) -> list[list[Tensor]]:
+        raise NotImplementedError
+
+    def state_dict(self, member: int) -> dict[str, Any]:
+        """torch.optim's state_dict for one member, as its own optimizer over that member's parameters would save."""
+        template = self._torch_optimizer(member).state_dict()
+        step = self.steps[member].detach().clone().cpu()
+        template["state"] = {i: {"step": step.clone(), **{name: moment[i][member].detach().clone()
+                                                         for name, moment in zip(self._state_names(), self._moments())}}
+                             for i in range(len(self.params))} if float(step) > 0 else {}
+        return template
+
+    def load_state_dict(self, member: int, saved: dict[str, Any]) -> None:
+        """Put back one member's state from torch.optim's state_dict (ours or torch.optim's own)."""
+        if not saved["state"]:
+            return
+        self.steps[member] = float(saved["state"][0]["step"])
+        for name, moment in zip(self._state_names(), self._moments()):
+            for i, tensor in enumerate(moment):
+                tensor[member].copy_(saved["state"][i][name])
+
+
+class Adam(MemberOptimizer):
+    """torch.optim.Adam without weight decay or amsgrad; `betas` has shape (K, 2)."""
+
+    eps = 1e-8  # torch.optim.Adam's default
+
+    def __init__(self, params: Sequence[Tensor], lr: Tensor, betas: Tensor):
+        super().__init__(params, lr)
+        self.betas = betas
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+
+    def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
+        self.steps.add_(active)
+        beta1, beta2 = self.betas[:, 0], self.betas[:, 1]
+        step = self.steps.clamp(min=1)  # an inactive member before its first step: no division by zero
+        w1, w2 = (1 - beta1) * active, (1 - beta2) * active
+        step_size = self.lr * active / (1 - beta1 ** step)
+        inverse_bias_correction2_sqrt = (1 - beta2 ** step).rsqrt()
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            m.lerp_(g, _per_member(w1, p))
+            v.lerp_(g.square(), _per_member(w2, p))
+            denom = v.sqrt().mul_(_per_member(inverse_bias_correction2_sqrt, p)).add_(self.eps)
+            p.addcdiv_(m * _per_member(step_size, p), denom, value=-1)
+
+    def _torch_optimizer(self, member: int) -> torch.optim.Optimizer:
+        return torch.optim.Adam([nn.Parameter(p[member].detach()) for p in self.params], lr=float(self.lr[member]),
+                                betas=tuple(float(b) for b in self.betas[member]))
+
+    def _state_names(self) -> tuple[str, ...]:
+        return "exp_avg", "exp_avg_sq"
+
+    def _moments(self) -> list[list[Tensor]]:
+        return [self.exp_avg, self.exp_avg_sq]
+
+
+class RMSprop(MemberOptimizer):
+    """torch.optim.RMSprop with its defaults: alpha 0.99, no momentum, not centred."""
+
+    alpha, eps = 0.99, 1e-8
+
+    def __init__(self, params: Sequence[Tensor], lr: Tensor):
+        super().__init__(params, lr)
+        self.square_avg = [torch.zeros_like(p) for p in self.params]
+
+    def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
+        self.steps.add_(active)
+        weight, lr = (1 - self.alpha) * active, self.lr * active
+        for p, g, s in zip(self.params, grads, self.square_avg):
+            s.lerp_(g.square(), _per_member(weight, p))
+            p.addcdiv_(g * _per_member(lr, p), s.sqrt().add_(self.eps), value=-1)
+
+    def _torch_optimizer(self, member: int) -> torch.optim.Optimizer:
+        return torch.optim.RMSprop([nn.Parameter(p[member].detach()) for p in self.params],
+                                   lr=float(self.lr[member]))
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("square_avg",)
+
+    def _moments(self) -> list[list[Tensor]]:
+        return [self.square_avg]

@@ -1,0 +1,233 @@
+"""K runs of one variant trained as one: their networks stacked along a leading member axis, one step for all.
+
+The step is a function of the stacked state (G's and D's parameters and buffers, the optimizers' moments) and
+of per-member hyperparameter tensors (learning rates, betas, real target, dropout rate, penalty strength, clip
+value), applied with `torch.func.functional_call` under `torch.func.vmap` over the members; a population of one
+calls the same function on member 0 without vmap (vmap's own cost is not worth paying for one). Every random draw
+is made outside vmap from each member's own generators, in the order a run alone makes it, so a member trains the
+same network, step for step, as the same run trained alone. Nothing in the step syncs with the host or changes
+shape from step to step.
+
+Each member keeps a plain G and D (`Population.g[k]`, `.d[k]`) whose tensors are views of its slice of the
+stack: hooks, checkpoints and scores see an ordinary module, always current, never a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from gansweep.config import TrainConfig
+from gansweep.nets import dropout_masks, dropout_shapes
+from gansweep.optim import Adam, MemberOptimizer, RMSprop
+from gansweep.variants import Variant
+
+__all__ = ["Population", "MemberOptimizerView", "METRICS", "DROPOUT_SEED_OFFSET", "members_that_fit"]
+
+METRICS = ("loss/d", "loss/g", "d/real", "d/fake", "grad_norm/d", "grad_norm/g")  # + wasserstein/estimate
+# Dropout masks come from a generator of their own, seeded with seed + this offset: above every trial seed
+# (MAX_SEED = 2**32 - 1), so a run's masks never repeat another run's noise.
+DROPOUT_SEED_OFFSET = 2**32
+
+Tensors = dict[str, Tensor]
+
+
+def _stack(modules: Sequence[nn.Module]) -> tuple[Tensors, Tensors]:
+    """Members' parameters and buffers stacked (K, ...), then each module's tensors pointed at its slice."""
+    params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in modules])
+              for name, _ in modules[0].named_parameters()}
+    buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in modules])
+               for name, _ in modules[0].named_buffers()}
+    for k, module in enumerate(modules):
+        _point(module, {n: t[k] for n, t in params.items()}, {n: t[k] for n, t in buffers.items()})
+    return params, buffers
+
+
+def _point(module: nn.Module, params: Tensors, buffers: Tensors) -> None:
+    for name, tensor in params.items():
+        owner, _, leaf = name.rpartition(".")
+        module.get_submodule(owner)._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    for name, tensor in buffers.items():
+        owner, _, leaf = name.rpartition(".")
+        module.get_submodule(owner)._buffers[leaf] = tensor
+
+
+def _optimizer(configs: Sequence[TrainConfig], params: Tensors, lr: Tensor, device: torch.device
+               ) -> MemberOptimizer:
+    if configs[0].optimizer == "rmsprop":
+        return RMSprop(list(params.values()), lr)
+    return Adam(list(params.values()), lr, torch.tensor([c.betas for c in configs], device=device))
+
+
+def _norm(grads: Tensors) -> Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+
+
+def members_that_fit(variant: Variant, config: TrainConfig, image_shape: tuple[int, int, int], n_classes: int,
+                     device: torch.device) -> int:
+    """How many members of `config` fit in half of the CUDA device's free memory, by a generous estimate: per
+    member, parameters with their gradients and two moments (4 copies), and every layer's output for the step's
+    batches kept for the backward pass and its gradient (a D update sees 2 batches, G's update 1; 4 copies)."""
+    g, d = variant.build(config, image_shape, n_classes)
+    outputs = [0]
+    hooks = [m.register_forward_hook(lambda _, __, out: outputs.__setitem__(0, outputs[0] + out.numel()))
+             for net in (g, d) for m in net.modules() if not list(m.children())]
+    with torch.no_grad():
+        labels = torch.zeros(2, dtype=torch.long) if variant.conditioning_part.conditional else None
+        d(g(torch.zeros(2, config.z_dim), labels), labels)
+    for hook in hooks:
+        hook.remove()
+    params = sum(p.numel() for net in (g, d) for p in net.parameters())
+    per_member = 4 * 4 * params + 4 * 4 * 3 * config.batch_size * outputs[0] // 2
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, free // 2 // per_member)
+
+
+class MemberOptimizerView:
+    """One member's share of a MemberOptimizer, with torch.optim's state_dict/load_state_dict."""
+
+    def __init__(self, optimizer: MemberOptimizer, member: int):
+        self.optimizer, self.member = optimizer, member
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict(self.member)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(self.member, saved)
+
+
+class Population:
+    """The members' stacked state and the step that trains them; `configs` differ only where a member may."""
+
+    def __init__(self, variant: Variant, configs: Sequence[TrainConfig], gs: Sequence[nn.Module],
+                 ds: Sequence[nn.Module], image_shape: tuple[int, int, int], n_classes: int, device: torch.device):
+        self.k, self.device = len(configs), device
+        config = configs[0]
+        self.batch, self.z_dim, self.n_critic = config.batch_size, config.z_dim, config.n_critic
+        self.loss, self.regularizer = variant.loss_part, variant.regularizer_part
+        self.conditional, self.n_classes = variant.conditioning_part.conditional, n_classes
+        self.g_shape, self.d_shape = copy.deepcopy(gs[0]), copy.deepcopy(ds[0])  # structure for functional_call
+        self.g, self.d = list(gs), list(ds)
+        self.g_params, self.g_buffers = _stack(gs)
+        self.d_params, self.d_buffers = _stack(ds)
+
+        def per_member(values: Sequence[float]) -> Tensor:
+            return torch.tensor(values, device=device)
+
+        self.real_target = per_member([1.0 - c.label_smoothing for c in configs])
+        self.strength = per_member([self.regularizer.strength(c) for c in configs])
+        self.clip_value = per_member([c.clip_value for c in configs])
+        self.dropout = per_member([c.dropout for c in configs])
+        self.opt_g = _optimizer(configs, self.g_params, per_member([c.g_lr for c in configs]), device)
+        self.opt_d = _optimizer(configs, self.d_params, per_member([c.d_lr for c in configs]), device)
+        self.active = torch.ones(self.k, device=device)  # 0: the member has ended and is no longer updated
+
+        def shapes(n: int) -> list[torch.Size]:  # the masks one call of D on n images takes
+            labels = torch.zeros(n, dtype=torch.long, device=device) if self.conditional else None
+            return dropout_shapes(ds[0], torch.zeros(n, *image_shape, device=device), labels)
+
+        # per D update: one call on real and fake together, then the penalty's calls; then G's update, one call
+        self.d_mask_shapes = shapes(2 * self.batch) + shapes(self.batch) * self.regularizer.critic_calls
+        self.g_mask_shapes = shapes(self.batch)
+        self.metric_names = list(METRICS) + (["wasserstein/estimate"] if self.loss.wasserstein_estimate else [])
+
+    def optimizer_views(self, member: int) -> tuple[MemberOptimizerView, MemberOptimizerView]:
+        return MemberOptimizerView(self.opt_g, member), MemberOptimizerView(self.opt_d, member)
+
+    def end(self, member: int) -> None:
+        """Stop updating `member` and give its G and D tensors of their own: what it ended with stays as it is."""
+        self.active[member] = 0.0
+        for module in (self.g[member], self.d[member]):
+            _point(module, {n: p.detach().clone() for n, p in module.named_parameters()},
+                   {n: b.clone() for n, b in module.named_buffers()})
+
+    def _map(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn` over the member axis of every tensor in `args` (None and dicts of tensors allowed)."""
+        if self.k > 1:
+            return vmap(fn, in_dims=tuple(None if a is None else 0 for a in args))(*args)
+        first = [None if a is None else {n: t[0] for n, t in a.items()} if isinstance(a, dict)
+                 else [t[0] for t in a] if isinstance(a, list) else a[0] for a in args]
+        out = fn(*first)
+        return tuple({n: t.unsqueeze(0) for n, t in o.items()} if isinstance(o, dict) else o.unsqueeze(0)
+                     for o in out)
+
+    def _masks(self, dropout_rngs: Sequence[torch.Generator]) -> list[Tensor]:
+        """Every dropout mask of one step, (K, *shape) each, in call order; drawn from each member's generator."""
+        shapes = self.d_mask_shapes * self.n_critic + self.g_mask_shapes
+        if not shapes:
+            return []
+        sizes = [s.numel() for s in shapes]
+        u = torch.stack([torch.rand(sum(sizes), device=self.device, generator=r) for r in dropout_rngs])
+        p = self.dropout.view(-1, 1)
+        masks = (u >= p).to(u.dtype) / (1 - p)
+        return [m.view(self.k, *s) for m, s in zip(masks.split(sizes, dim=1), shapes)]
+
+    def step(self, real: Tensor, labels: Tensor | None, rngs: Sequence[torch.Generator],
+             dropout_rngs: Sequence[torch.Generator]) -> Tensor:
+        """One G step of every member: n_critic D updates on real[:, c], then one G update. `real` is
+        (K, n_critic, B, ...), `labels` (K, n_critic, B) or None. Returns the step metrics, (K, len(metric_names))."""
+        masks = self._masks(dropout_rngs)
+        per_d = len(self.d_mask_shapes)
+        device = real.device
+        for c in range(self.n_critic):
+            z = torch.stack([torch.randn(self.batch, self.z_dim, device=device, generator=r) for r in rngs])
+            alpha = (torch.stack([torch.rand(self.batch, device=device, generator=r) for r in rngs])
+                     if self.regularizer.draws_alpha else None)
+            d_masks = masks[c * per_d:(c + 1) * per_d] if per_d else None
+            grads, loss_d, d_real, d_fake, grad_d, estimate = self._map(
+                self._d_grads, self.d_params, self.d_buffers, self.g_params, self.g_buffers, real[:, c],
+                None if labels is None else labels[:, c], z, alpha, d_masks, self.real_target, self.strength)
+            self.opt_d.step([grads[n] for n in self.d_params], self.active)
+            self.regularizer.constrain(list(self.d_params.values()), self.clip_value)
+        g_labels = (torch.stack([torch.randint(0, self.n_classes, (self.batch,), device=device, generator=r) for r in rngs])
+                    if self.conditional else None)
+        z = torch.stack([torch.randn(self.batch, self.z_dim, device=device, generator=r) for r in rngs])
+        grads, loss_g, grad_g = self._map(self._g_grads, self.g_params, self.g_buffers, self.d_params,
+                                          self.d_buffers, g_labels, z, masks[per_d * self.n_critic:] or None)
+        self.opt_g.step([grads[n] for n in self.g_params], self.active)
+        values = [loss_d, loss_g, d_real, d_fake, grad_d, grad_g] + ([estimate] if self.loss.wasserstein_estimate
+                                                                     else [])
+        return torch.stack(values, dim=1)
+
+    def _d_grads(self, d_params: Tensors, d_buffers: Tensors, g_params: Tensors, g_buffers: Tensors, real: Tensor,
+                 labels: Tensor | None, z: Tensor, alpha: Tensor | None, masks: list[Tensor] | None,
+                 real_target: Tensor, strength: Tensor) -> tuple[Any, ...]:
+        """One member's D gradient and metrics (the function vmapped over members)."""
+        with torch.no_grad():
+            fake = functional_call(self.g_shape, (g_params, g_buffers), (z, labels))
+
+        def objective(params: Tensors, buffers: Tensors) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            def critic(x: Tensor) -> Tensor:  # the penalty's calls
+                return functional_call(self.d_shape, (params, buffers), (x, labels))
+
+            with dropout_masks(iter(masks or ())):
+                # one pass over real and fake together: fewer, larger kernels (D has no BatchNorm to mix them)
+                both = functional_call(self.d_shape, (params, buffers), (torch.cat([real, fake]),
+                                                                         None if labels is None else
+                                                                         torch.cat([labels, labels])))
+                real_score, fake_score = both[:len(real)], both[len(real):]
+                loss_d = self.loss.d_loss(real_score, fake_score, real_target)
+                penalty = self.regularizer.penalty(critic, real, fake, alpha, strength)
+            if penalty is not None:
+                loss_d = loss_d + penalty
+            return loss_d, (real_score.detach(), fake_score.detach())
+
+        grads, (loss_d, (real_score, fake_score)) = grad_and_value(objective, has_aux=True)(d_params, d_buffers)
+        return (grads, loss_d.detach(), self.loss.d_of(real_score).mean(), self.loss.d_of(fake_score).mean(),
+                _norm(grads), real_score.mean() - fake_score.mean())
+
+    def _g_grads(self, g_params: Tensors, g_buffers: Tensors, d_params: Tensors, d_buffers: Tensors,
+                 labels: Tensor | None, z: Tensor, masks: list[Tensor] | None) -> tuple[Any, ...]:
+        """One member's G gradient and loss."""
+        def objective(params: Tensors, buffers: Tensors, critic_buffers: Tensors) -> Tensor:
+            fake = functional_call(self.g_shape, (params, buffers), (z, labels))
+            with dropout_masks(iter(masks or ())):
+                return self.loss.g_loss(functional_call(self.d_shape, (d_params, critic_buffers), (fake, labels)))
+
+        grads, loss_g = grad_and_value(objective)(g_params, g_buffers, d_buffers)
+        return grads, loss_g.detach(), _norm(grads)
