@@ -6,6 +6,7 @@ whichever started it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -21,10 +22,10 @@ from gansweep.errors import ConfigError
 from gansweep.evaluation import SCORES, Evaluator, ScoreHook, check_eval_size
 from gansweep.samples import SampleGridHook
 from gansweep.store import Store
-from gansweep.trainer import Hook, TrainResult, train
+from gansweep.trainer import Hook, TrainResult, train_population
 from gansweep.variants import Variant
 
-__all__ = ["RunOutcome", "tracked_training", "run_training", "TRAIN_EXPERIMENT", "TRAIN_OBJECTIVE"]
+__all__ = ["RunOutcome", "tracked_training", "tracked_population", "TrackedMember", "run_training", "TRAIN_EXPERIMENT", "TRAIN_OBJECTIVE"]
 
 TRAIN_EXPERIMENT = "train"  # where `gansweep train` records its runs, unless told otherwise
 TRAIN_OBJECTIVE = "fid_proxy"  # what "best" means for the best.pt checkpoint of a run outside a study
@@ -37,25 +38,53 @@ def tracked_training(client: Any, run_id: str, variant: Variant, config: TrainCo
     """Train into the existing MLflow run `run_id` (from `resume`, a resumable checkpoint of that run, when
     given); sample grids and checkpoints pass through a temporary folder on their way to the run's artifacts.
     `hooks` come after the standard ones (they see this epoch's scores)."""
+    member = TrackedMember(run_id, config, extra_params, hooks, label, resume)
+    return tracked_population(client, variant, data, evaluator, objective, [member])[0]
+
+
+@dataclass(frozen=True)
+class TrackedMember:
+    """One run of a population, as `tracked_training` takes it."""
+
+    run_id: str
+    config: TrainConfig
+    extra_params: dict[str, Any]
+    hooks: Sequence[Hook] = ()
+    label: str | None = None
+    resume: dict[str, Any] | None = None
+
+
+def tracked_population(client: Any, variant: Variant, data: Dataset, evaluator: Evaluator, objective: str,
+                       members: Sequence[TrackedMember]) -> list[TrainResult]:
+    """`tracked_training` for runs trained together as one population: each member gets the standard hooks
+    and its own temporary folder, exactly as it would alone."""
+    _remove_dead_work_dirs()
+    with contextlib.ExitStack() as folders:
+        try:
+            hooks = [_standard_hooks(client, member, Path(folders.enter_context(tempfile.TemporaryDirectory(
+                prefix=f"{_WORK_PREFIX}{os.getpid()}-"))), evaluator, objective) for member in members]
+            return train_population(variant, [m.config for m in members], data, hooks, [m.resume for m in members])
+        except BaseException as e:
+            for member in members:
+                _end_if_running(client, member.run_id, e)
+            raise
+
+
+def _standard_hooks(client: Any, member: TrackedMember, work: Path, evaluator: Evaluator, objective: str
+                    ) -> list[Hook]:
     from gansweep.progress import ProgressHook
     from gansweep.tracking import MlflowHook
 
-    _remove_dead_work_dirs()
-    with tempfile.TemporaryDirectory(prefix=f"{_WORK_PREFIX}{os.getpid()}-") as work_dir:
-        work = Path(work_dir)
-        tracking = MlflowHook(client, run_id, work, f"score/{objective}", {**evaluator.params(), **extra_params})
-        standard: list[Hook] = [
-            ScoreHook(evaluator), SampleGridHook(work / "samples"),
-            CheckpointHook(work / "checkpoints", f"score/{objective}", SCORES[objective].direction == "minimize",
-                           tracking.checkpoints_saved), tracking]
-        progress = [ProgressHook(label)] if label else []
-        try:
-            if resume is not None:  # the grids of the epochs before, for the run's GIF
-                client.download_artifacts(run_id, "samples", str(work))
-            return train(variant, config, data, [*standard, *hooks, *progress], resume)
-        except BaseException as e:
-            _end_if_running(client, run_id, e)
-            raise
+    tracking = MlflowHook(client, member.run_id, work, f"score/{objective}",
+                          {**evaluator.params(), **member.extra_params})
+    standard: list[Hook] = [
+        ScoreHook(evaluator), SampleGridHook(work / "samples"),
+        CheckpointHook(work / "checkpoints", f"score/{objective}", SCORES[objective].direction == "minimize",
+                       tracking.checkpoints_saved), tracking]
+    progress = [ProgressHook(member.label)] if member.label else []
+    if member.resume is not None:  # the grids of the epochs before, for the run's GIF
+        client.download_artifacts(member.run_id, "samples", str(work))
+    return [*standard, *member.hooks, *progress]
 
 
 _WORK_PREFIX = "gansweep-run-"

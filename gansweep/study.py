@@ -28,11 +28,16 @@ from gansweep.scoring import pin, pinned_evaluator
 from gansweep.spec import MAX_TRIALS, StudySpec
 from gansweep.store import resolve_store, store_lock
 
-__all__ = ["StudyOptions", "StudyOutcome", "run_study", "ranked_table", "seed_spread", "format_table", "RETRIES"]
+__all__ = ["StudyOptions", "StudyOutcome", "run_study", "ranked_table", "seed_spread", "format_table", "RETRIES",
+           "population_size", "MAX_POPULATION"]
 
 TABLE_SCORES = ("fid_proxy", "kid_proxy", "is_proxy", "coverage", "precision", "recall", "cond_accuracy")
 
 
+MAX_POPULATION = 1024
+# auto on CUDA: a group's points up to this many at once (the throughput measured by `make bench` levels off
+# by K = 64 for the MLP gan), fewer where their memory would not fit
+AUTO_POPULATION_CUDA = 64
 RETRIES = 2  # a point whose trial fails is run again at most this often per invocation, then left failed
 
 
@@ -52,9 +57,14 @@ class StudyOptions:
     experiment: str | None = None
     fresh: bool = False
     progress: bool = True
+    population: str = "auto"  # grid points trained together in one step: a number, or auto (see population_size)
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.population != "auto" and not (self.population.isdigit()
+                                               and 1 <= int(self.population) <= MAX_POPULATION):
+            raise ConfigError(f"--population must be auto or a whole number in [1, {MAX_POPULATION}], "
+                              f"got {self.population!r}")
         if self.trials is not None and not 1 <= self.trials <= MAX_TRIALS:
             raise ConfigError(f"--trials must be in [1, {MAX_TRIALS}], got {self.trials}")
         if self.device not in DEVICES:
@@ -135,7 +145,7 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
         try:
             liveness = Liveness(storage, None if database is not None else Path(store.storage))
             runner = TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress,
-                                 RETRIES, liveness)
+                                 RETRIES, liveness, population_size(options.population, device))
             ran = runner.run_grid(options.trials) if spec.sampler == "grid" else runner.run_sampled()
             failed = runner.failures()
         except BaseException as e:
@@ -144,6 +154,15 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     _end_parent(client, parent_id, "FAILED" if failed else "FINISHED")  # FAILED: points are left to retry
     return StudyOutcome(spec, study.study_name, store.storage, store.tracking_uri, experiment, parent_id,
                         ranked_table(study, spec), ran, failed)
+
+
+def population_size(population: str, device: Any) -> int:
+    """`auto` is 1 on the CPU, where a population does not pay for the convolutional variants (see the README's
+    benchmark), and AUTO_POPULATION_CUDA on CUDA; a number is taken as it is. Points of one group beyond what
+    fits in memory are left to the next population (`TrialRunner` checks each group)."""
+    if population != "auto":
+        return int(population)
+    return 1 if device.type == "cpu" else AUTO_POPULATION_CUDA
 
 
 class Terminated(KeyboardInterrupt):

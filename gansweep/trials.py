@@ -15,15 +15,21 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
 from gansweep.liveness import Liveness, is_lost
+from gansweep.population import members_that_fit
 from gansweep.resume import RESUMABLE_ATTR
 from gansweep.spec import StudySpec
-from gansweep.trainer import Hook, StopTraining, TrainState
+from gansweep.trainer import Hook, StopTraining, TrainResult, TrainState, member_key
+
+if TYPE_CHECKING:
+    from gansweep.runs import TrackedMember
+    from gansweep.variants import Variant
 
 __all__ = ["TrialRunner", "LIVE", "WAIT_S"]
 
@@ -46,8 +52,9 @@ class TrialRunner:
     """Runs trials of one study: asks Optuna for parameters, trains, and tells Optuna and MLflow how it ended."""
 
     def __init__(self, spec: StudySpec, study: Any, client: Any, experiment: str, parent_id: str, data: Any,
-                 evaluator: Any, progress: bool, retries: int, liveness: Liveness):
+                 evaluator: Any, progress: bool, retries: int, liveness: Liveness, population: int = 1):
         self.spec, self.study, self.client, self.liveness = spec, study, client, liveness
+        self.population = population  # grid points of one step trained together, at most
         self.experiment, self.parent_id, self.data, self.progress = experiment, parent_id, data, progress
         self.evaluator, self.retries = evaluator, retries
         # failed trials in this invocation per ("point", params) of a grid, ("search", variant) or ("rerun", ...)
@@ -68,21 +75,67 @@ class TrialRunner:
                 if limit is None and self._wait_for_others(lambda t: True):
                     continue
                 break
+            if self.population > 1:
+                ran += self._run_population(self._same_step(remaining, None if limit is None else limit - ran),
+                                            len(grid))
+                continue
             failed = {_key(t.params) for t in trials if t.state == TrialState.FAIL}
             redo = [p for p in remaining if _key(p) in failed]
             if redo:  # GridSampler counts a failed point as visited; ask for it again explicitly
                 self.study.enqueue_trial(redo[0])
             trial = self.study.ask()
             with self.liveness.alive(trial):
-                params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
-                for name, values in self.spec.space.items():
-                    params[name] = trial.suggest_categorical(name, list(values))
-                params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
+                params = self._grid_params(trial)
                 if self._stand_down_if_taken(trial, lambda other: _key(_asked(other)) == _key(params), "point"):
                     continue
                 self._train(trial, params, len(grid), ("point", _key(params)))
             ran += 1
         return ran
+
+    def _grid_params(self, trial: Any) -> dict[str, Any]:
+        params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
+        for name, values in self.spec.space.items():
+            params[name] = trial.suggest_categorical(name, list(values))
+        params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
+        return params
+
+    def _same_step(self, points: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+        """The first point and, in grid order, the points that can share its step, up to the population size."""
+        from gansweep.variants import get_variant
+
+        def step_key(params: dict[str, Any]) -> tuple:
+            return params["variant"], member_key(get_variant(params["variant"]).config(**self.spec.changes(params)))
+
+        first = step_key(points[0])
+        size = self.population if limit is None else min(self.population, limit)
+        device = self.data.train_images.device
+        if device.type == "cuda" and size > 1:
+            params = points[0]
+            config = get_variant(params["variant"]).config(**self.spec.changes(params))
+            size = min(size, members_that_fit(get_variant(params["variant"]), config, self.data.record.image_shape,
+                                              self.data.record.n_classes, device))
+        return [p for p in points if step_key(p) == first][:size]
+
+    def _run_population(self, points: list[dict[str, Any]], total: int) -> int:
+        """Ask a trial for each point, and train those not taken meanwhile together (grouped by the epoch they
+        resume from: a population steps in lockstep); returns how many trained."""
+        with contextlib.ExitStack() as alive:
+            members = []
+            for point in points:
+                self.study.enqueue_trial(point)
+                trial = self.study.ask()
+                alive.enter_context(self.liveness.alive(trial))
+                params = self._grid_params(trial)
+                if self._stand_down_if_taken(trial, lambda other, p=params: _key(_asked(other)) == _key(p), "point"):
+                    continue
+                members.append(self._prepare(trial, params, total, ("point", _key(params))))
+            by_epoch: dict[int, list[_Member]] = {}
+            for member in members:
+                epoch = 0 if member.tracked.resume is None else member.tracked.resume["epoch"]
+                by_epoch.setdefault(epoch, []).append(member)
+            for group in by_epoch.values():
+                self._train_together(group)
+        return len(members)
 
     def _fail_dead(self) -> None:
         """Fail the trials of dead processes, and end the MLflow runs they left RUNNING."""
@@ -227,10 +280,13 @@ class TrialRunner:
     def _train(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> None:
         """Train the trial (from its point's last checkpoint, when an earlier attempt left one) and tell Optuna
         and MLflow how it ended; the caller keeps the trial visibly alive to other processes meanwhile."""
-        from gansweep.runs import tracked_training
-        from gansweep.variants import get_variant
+        self._train_together([self._prepare(trial, params, total, key)])
 
+    def _prepare(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> _Member:
+        """The trial's MLflow run (new, or its point's earlier one to resume), config and hooks."""
         from gansweep.resume import resumable_attempt
+        from gansweep.runs import TrackedMember
+        from gansweep.variants import get_variant
 
         spec = self.spec
         variant = get_variant(params["variant"])
@@ -262,22 +318,38 @@ class TrialRunner:
         hooks: list[Hook] = [_OptunaReport(trial, spec.objective.key, spec.pruner)]
         if spec.collapse_window:
             hooks.append(_CollapseStop(spec.collapse_window))
+        tracked = TrackedMember(run_id, config, extra, hooks, label if self.progress else None,
+                                None if resume is None else resume.saved)
+        return _Member(trial, key, f"trial {trial.number} ({variant.name} {swept})", variant, tracked)
+
+    def _train_together(self, members: list[_Member]) -> None:
+        """Train the members as one population (one step for all; each its own run) and record each. An error
+        of the population is every member's."""
+        from gansweep.runs import tracked_population
+
+        spec = self.spec
         try:
-            result = tracked_training(self.client, run_id, variant, config, self.data, self.evaluator,
-                                      spec.objective.metric, extra, hooks, label if self.progress else None,
-                                      None if resume is None else resume.saved)
+            results = tracked_population(self.client, members[0].variant, self.data, self.evaluator,
+                                         spec.objective.metric, [m.tracked for m in members])
         except KeyboardInterrupt as e:
-            self._end(trial, run_id, "interrupted", str(e) or "interrupted by the user")
+            for m in members:
+                self._end(m.trial, m.tracked.run_id, "interrupted", str(e) or "interrupted by the user")
             raise
         except GansweepError as e:
-            self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})", str(e))
+            for m in members:
+                self._fail(m.trial, m.tracked.run_id, m.key, m.what, str(e))
             return
         except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then raised
-            with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
-                trial.set_user_attr(RESUMABLE_ATTR, True)
-            self._fail(trial, run_id, key, f"trial {trial.number} ({variant.name} {swept})",
-                       f"{type(e).__name__}: {e}".splitlines()[0])
+            for m in members:
+                with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
+                    m.trial.set_user_attr(RESUMABLE_ATTR, True)
+                self._fail(m.trial, m.tracked.run_id, m.key, m.what, f"{type(e).__name__}: {e}".splitlines()[0])
             raise
+        for m, result in zip(members, results):
+            self._record(m.trial, result)
+
+    def _record(self, trial: Any, result: TrainResult) -> None:
+        spec = self.spec
         for name, value in result.scores.items():  # what tables report: the test slice's scores
             if name.startswith("test/"):
                 trial.set_user_attr(f"final.{name.removeprefix('test/')}", value)
@@ -314,6 +386,17 @@ class TrialRunner:
             print(f"warning: trial {trial.number} ended ({status}: {reason}) but could not be recorded: "
                   f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}; it will be run again",
                   file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class _Member:
+    """A trial made ready to train: alone, or in a population with others of the same step."""
+
+    trial: Any
+    key: tuple
+    what: str  # how failures name it
+    variant: Variant
+    tracked: TrackedMember
 
 
 def _suggest(trial: Any, name: str, values: Any) -> Any:

@@ -219,6 +219,7 @@ STUDY_BAD = {
     "--store": [""],
     "--storage": [""],
     "--experiment": [""],
+    "--population": ["0", "-1", "x", "nan", "1.5", "", "100000"],
 }
 
 
@@ -295,16 +296,18 @@ def test_another_experiment_never_hides_a_study(here):
 
 # -- bounded retries ------------------------------------------------------------------------------------------
 
-def test_a_point_that_keeps_failing_is_retried_a_bounded_number_of_times(here, monkeypatch):
+@pytest.mark.parametrize("population", ["1", "2"])
+def test_a_point_that_keeps_failing_is_retried_a_bounded_number_of_times(here, monkeypatch, population):
     """Training that fails (here: a disk that refuses the checkpoint) makes every point fail; each is tried
-    1 + RETRIES times, then left failed, and the study ends with exit code 1 and a summary line."""
+    1 + RETRIES times, then left failed, and the study ends with exit code 1 and a summary line. Trained two
+    at a time, a population's failure is each of its members'."""
     import gansweep.runs
 
     def refuse(*args, **kwargs):
         raise GansweepError("no space left for the checkpoint")
 
-    monkeypatch.setattr(gansweep.runs, "train", refuse)
-    result = CliRunner().invoke(main, ["study", "tiny", "--device", "cpu"])
+    monkeypatch.setattr(gansweep.runs, "train_population", refuse)
+    result = CliRunner().invoke(main, ["study", "tiny", "--device", "cpu", "--population", population])
     assert result.exit_code == 1, result.output
     assert "2 point(s) failed" in result.output and "no space left for the checkpoint" in result.output
     assert "failed 3 time(s)" in result.output
@@ -332,7 +335,7 @@ def test_a_bug_in_a_trial_is_recorded_as_failed_and_shown_in_full(here, monkeypa
     def bug(*args, **kwargs):
         raise RuntimeError("an unexpected bug")
 
-    monkeypatch.setattr(gansweep.runs, "train", bug)
+    monkeypatch.setattr(gansweep.runs, "train_population", bug)
     with pytest.raises(RuntimeError, match="an unexpected bug"):
         run_study(load_spec(here / "studies" / "tiny.toml"), StudyOptions(device="cpu", progress=False))
     (trial,) = optuna.load_study(study_name="tiny", storage=resolve_store().optuna()).get_trials()

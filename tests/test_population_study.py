@@ -1,0 +1,80 @@
+"""A study trained in populations records the same study as one trained a trial at a time: trials, child runs,
+their metrics and artifacts, and scores within float tolerance. Read back through Optuna's and MLflow's APIs."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gansweep.spec import load_spec
+from gansweep.store import resolve_store
+from gansweep.study import StudyOptions, run_study
+
+from test_study import TINY_STUDY
+
+
+def _run(folder, monkeypatch, population: str):
+    monkeypatch.chdir(folder)
+    (folder / "studies").mkdir()
+    path = folder / "studies" / "tiny.toml"
+    path.write_text(TINY_STUDY.format(extra="").replace("lr = [1e-4, 3e-4, 1e-3]", "lr = [1e-4, 2e-4, 3e-4]"))
+    outcome = run_study(load_spec(path), StudyOptions(device="cpu", progress=False, population=population))
+    store = resolve_store()
+    trials = optuna.load_study(study_name=outcome.optuna_study, storage=store.optuna()).get_trials()
+    client = MlflowClient(store.tracking_uri)
+    return outcome, trials, client
+
+
+def _artifacts(client, run_id, path=""):
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return sorted(found)
+
+
+def test_a_study_in_one_population_records_the_same_study_as_one_trial_at_a_time(tmp_path, monkeypatch):
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    alone.mkdir(), together.mkdir()
+    outcomes = {}
+    for folder, population in ((alone, "1"), (together, "4")):
+        outcomes[population] = _run(folder, monkeypatch, population)
+    (one, one_trials, one_client), (four, four_trials, four_client) = outcomes["1"], outcomes["4"]
+    assert one.ran == four.ran == 3
+
+    def by_point(trials):
+        return {(t.params["lr"], t.params["seed"]): t for t in trials}
+
+    one_points, four_points = by_point(one_trials), by_point(four_trials)
+    assert one_points.keys() == four_points.keys() and len(one_points) == 3
+    for point, trial in one_points.items():
+        other = four_points[point]
+        assert (other.state, other.user_attrs["status"], other.user_attrs["g_steps"]) == \
+            (trial.state, trial.user_attrs["status"], trial.user_attrs["g_steps"])
+        assert other.value == pytest.approx(trial.value, rel=1e-3)
+        run, other_run = (client.get_run(t.user_attrs["mlflow_run_id"])
+                          for client, t in ((one_client, trial), (four_client, other)))
+        assert other_run.info.status == run.info.status == "FINISHED"
+        assert other_run.data.params == run.data.params
+        assert other_run.data.metrics.keys() == run.data.metrics.keys()
+        for key in ("loss/d", "loss/g", "score/fid_proxy"):
+            mine = [m.value for m in one_client.get_metric_history(run.info.run_id, key)]
+            theirs = [m.value for m in four_client.get_metric_history(other_run.info.run_id, key)]
+            assert theirs == pytest.approx(mine, rel=1e-3, abs=1e-4), key
+        assert _artifacts(four_client, other_run.info.run_id) == _artifacts(one_client, run.info.run_id)
+    # trained together: every trial of the population started before any ended; alone, one after another
+    assert max(t.datetime_start for t in four_trials) < min(t.datetime_complete for t in four_trials)
+    ordered = sorted(one_trials, key=lambda t: t.datetime_start)
+    assert all(a.datetime_complete <= b.datetime_start for a, b in zip(ordered, ordered[1:]))
+    assert four.table["fid_proxy"].tolist() == pytest.approx(one.table["fid_proxy"].tolist(), rel=1e-3)
+
+
+@pytest.mark.parametrize("value", ["auto", "1", "7"])
+def test_population_sizes_are_taken_as_given_and_auto_is_one_on_the_cpu(value):
+    import torch
+
+    from gansweep.study import population_size
+
+    expected = {"auto": 1, "1": 1, "7": 7}[value]
+    assert population_size(StudyOptions(population=value).population, torch.device("cpu")) == expected
+    assert population_size("auto", torch.device("cuda")) == 64
