@@ -23,8 +23,10 @@ from gansweep.variants import Variant, get_variant
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointHook", "sha256"]
 
-CHECKPOINT_FORMAT = 2  # raise when the layout below changes, so that old files are refused with a clear reason
-READABLE_FORMATS = (1, 2)  # format 1 lacks what resuming needs; its generator still samples
+CHECKPOINT_FORMAT = 3  # raise when the layout below changes, so that old files are refused with a clear reason
+# format 1 lacks what resuming needs (its generator still samples); format 2 drew dropout from torch's global RNG
+# (a resume starts a fresh dropout stream)
+READABLE_FORMATS = (1, 2, 3)
 
 
 def sha256(path: Path) -> str:

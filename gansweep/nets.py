@@ -47,7 +47,7 @@ _masks: list[Iterator[Tensor]] = []  # the masks handed in by the innermost drop
 class Dropout(nn.Dropout):
     """nn.Dropout, except inside `dropout_masks`: there each call multiplies by the next mask handed in. The
     trainer draws the masks itself, from each run's own generator, so that K runs stepped together under vmap
-    drop the same units as each run alone (torch's dropout inside vmap draws from one global stream)."""
+    drop the same units as each run alone (inside vmap, torch's dropout can only draw from one shared stream)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not _masks or not self.training:

@@ -2,8 +2,9 @@
 
 torch.optim keeps one scalar learning rate per parameter group, so K members stacked along a leading axis cannot
 each have their own. These follow torch.optim's single-tensor arithmetic step for step (a test holds them to it),
-with every hyperparameter a tensor of shape (K,) broadcast over the member axis, and update in place: the tensors
-keep their addresses from step to step, as a captured CUDA graph needs. `state_dict`/`load_state_dict` speak
+with every hyperparameter a float64 tensor of shape (K,) broadcast over the member axis (the per-step scalars are
+worked out in float64, as torch.optim does in Python, then cast), and update in place: the tensors keep their
+addresses from step to step, as a captured CUDA graph needs. `state_dict`/`load_state_dict` speak
 torch.optim's format for one member, so a checkpoint stays loadable by torch.optim and older ones resume.
 """
 
@@ -19,16 +20,22 @@ __all__ = ["MemberOptimizer", "Adam", "RMSprop"]
 
 
 def _per_member(values: Tensor, like: Tensor) -> Tensor:
-    """(K,) -> (K, 1, ..., 1), broadcastable against a stacked tensor `like` of shape (K, ...)."""
-    return values.view(-1, *(1,) * (like.dim() - 1))
+    """(K,) -> (K, 1, ..., 1) in `like`'s dtype, broadcastable against a stacked tensor `like` of shape (K, ...)."""
+    return values.to(like.dtype).view(-1, *(1,) * (like.dim() - 1))
+
+
+def _only_active(grad: Tensor, active: Tensor) -> Tensor:
+    """Zero for members that have ended: with a zero weight as well, their parameters and moments stay exactly as
+    they are, even where their gradient is not finite (0 * inf would be NaN)."""
+    return torch.where(_per_member(active, grad).bool(), grad, 0.0)
 
 
 class MemberOptimizer:
     """Steps `params`, a list of stacked tensors (K, ...), given their gradients."""
 
     def __init__(self, params: Sequence[Tensor], lr: Tensor):
-        self.params, self.lr = list(params), lr
-        self.steps = torch.zeros_like(lr)
+        self.params, self.lr = list(params), lr.double()
+        self.steps = torch.zeros_like(self.lr)
 
     def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
         """One update of every member whose `active` entry is 1 (a float mask of shape (K,)); others stay as
@@ -47,7 +54,7 @@ class MemberOptimizer:
     def state_dict(self, member: int) -> dict[str, Any]:
         """torch.optim's state_dict for one member, as its own optimizer over that member's parameters would save."""
         template = self._torch_optimizer(member).state_dict()
-        step = self.steps[member].detach().clone().cpu()
+        step = self.steps[member].detach().float().cpu()  # torch.optim keeps a float32 step
         template["state"] = {i: {"step": step.clone(), **{name: moment[i][member].detach().clone()
                                                          for name, moment in zip(self._state_names(), self._moments())}}
                              for i in range(len(self.params))} if float(step) > 0 else {}
@@ -70,11 +77,12 @@ class Adam(MemberOptimizer):
 
     def __init__(self, params: Sequence[Tensor], lr: Tensor, betas: Tensor):
         super().__init__(params, lr)
-        self.betas = betas
+        self.betas = betas.double()
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
 
     def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
+        active = active.double()
         self.steps.add_(active)
         beta1, beta2 = self.betas[:, 0], self.betas[:, 1]
         step = self.steps.clamp(min=1)  # an inactive member before its first step: no division by zero
@@ -82,6 +90,7 @@ class Adam(MemberOptimizer):
         step_size = self.lr * active / (1 - beta1 ** step)
         inverse_bias_correction2_sqrt = (1 - beta2 ** step).rsqrt()
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            g = _only_active(g, active)
             m.lerp_(g, _per_member(w1, p))
             v.lerp_(g.square(), _per_member(w2, p))
             denom = v.sqrt().mul_(_per_member(inverse_bias_correction2_sqrt, p)).add_(self.eps)
@@ -108,9 +117,11 @@ class RMSprop(MemberOptimizer):
         self.square_avg = [torch.zeros_like(p) for p in self.params]
 
     def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
+        active = active.double()
         self.steps.add_(active)
         weight, lr = (1 - self.alpha) * active, self.lr * active
         for p, g, s in zip(self.params, grads, self.square_avg):
+            g = _only_active(g, active)
             s.lerp_(g.square(), _per_member(weight, p))
             p.addcdiv_(g * _per_member(lr, p), s.sqrt().add_(self.eps), value=-1)
 

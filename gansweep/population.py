@@ -9,7 +9,8 @@ same network, step for step, as the same run trained alone. Nothing in the step 
 shape from step to step.
 
 Each member keeps a plain G and D (`Population.g[k]`, `.d[k]`) whose tensors are views of its slice of the
-stack: hooks, checkpoints and scores see an ordinary module, always current, never a copy.
+stack while it trains: hooks, checkpoints and scores see an ordinary module, always current. A member that ends
+gets copies of its own, which the others' steps no longer reach.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _optimizer(configs: Sequence[TrainConfig], params: Tensors, lr: Tensor, devi
                ) -> MemberOptimizer:
     if configs[0].optimizer == "rmsprop":
         return RMSprop(list(params.values()), lr)
-    return Adam(list(params.values()), lr, torch.tensor([c.betas for c in configs], device=device))
+    return Adam(list(params.values()), lr, torch.tensor([c.betas for c in configs], dtype=torch.float64,
+                                                        device=device))
 
 
 def _norm(grads: Tensors) -> Tensor:
@@ -75,8 +77,12 @@ def members_that_fit(variant: Variant, config: TrainConfig, image_shape: tuple[i
     batches kept for the backward pass and its gradient (a D update sees 2 batches, G's update 1; 4 copies)."""
     g, d = variant.build(config, image_shape, n_classes)
     outputs = [0]
+
+    def layer(name: str, module: nn.Module) -> bool:  # a leaf, or a layer whose weight is parametrized
+        return "parametrizations" not in name and (not list(module.children()) or hasattr(module, "parametrizations"))
+
     hooks = [m.register_forward_hook(lambda _, __, out: outputs.__setitem__(0, outputs[0] + out.numel()))
-             for net in (g, d) for m in net.modules() if not list(m.children())]
+             for net in (g, d) for name, m in net.named_modules() if layer(name, m)]
     with torch.no_grad():
         labels = torch.zeros(2, dtype=torch.long) if variant.conditioning_part.conditional else None
         d(g(torch.zeros(2, config.z_dim), labels), labels)
@@ -84,6 +90,7 @@ def members_that_fit(variant: Variant, config: TrainConfig, image_shape: tuple[i
         hook.remove()
     params = sum(p.numel() for net in (g, d) for p in net.parameters())
     per_member = 4 * 4 * params + 4 * 4 * 3 * config.batch_size * outputs[0] // 2
+    torch.cuda.empty_cache()  # what the allocator still holds from an earlier population is free to use
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, free // 2 // per_member)
 
@@ -116,15 +123,15 @@ class Population:
         self.g_params, self.g_buffers = _stack(gs)
         self.d_params, self.d_buffers = _stack(ds)
 
-        def per_member(values: Sequence[float]) -> Tensor:
-            return torch.tensor(values, device=device)
+        def per_member(values: Sequence[float], dtype: torch.dtype | None = None) -> Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
 
         self.real_target = per_member([1.0 - c.label_smoothing for c in configs])
         self.strength = per_member([self.regularizer.strength(c) for c in configs])
         self.clip_value = per_member([c.clip_value for c in configs])
         self.dropout = per_member([c.dropout for c in configs])
-        self.opt_g = _optimizer(configs, self.g_params, per_member([c.g_lr for c in configs]), device)
-        self.opt_d = _optimizer(configs, self.d_params, per_member([c.d_lr for c in configs]), device)
+        self.opt_g = _optimizer(configs, self.g_params, per_member([c.g_lr for c in configs], torch.float64), device)
+        self.opt_d = _optimizer(configs, self.d_params, per_member([c.d_lr for c in configs], torch.float64), device)
         self.active = torch.ones(self.k, device=device)  # 0: the member has ended and is no longer updated
 
         def shapes(n: int) -> list[torch.Size]:  # the masks one call of D on n images takes

@@ -1,7 +1,7 @@
 """One tracked training run: the hooks every run gets (scores, sample grids, checkpoints, MLflow), in one place.
 
-A study's trial and `gansweep train` both come through `tracked_training`, so a run looks the same in MLflow
-whichever started it.
+A study's trials (`tracked_population`, one run per member) and `gansweep train` (`tracked_training`, a population
+of one) get the same hooks, so a run looks the same in MLflow whichever started it and however it was trained.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from gansweep.store import Store
 from gansweep.trainer import Hook, TrainResult, train_population
 from gansweep.variants import Variant
 
-__all__ = ["RunOutcome", "tracked_training", "tracked_population", "TrackedMember", "run_training", "TRAIN_EXPERIMENT", "TRAIN_OBJECTIVE"]
+__all__ = ["RunOutcome", "tracked_training", "tracked_population", "TrackedMember",
+           "run_training", "TRAIN_EXPERIMENT", "TRAIN_OBJECTIVE"]
 
 TRAIN_EXPERIMENT = "train"  # where `gansweep train` records its runs, unless told otherwise
 TRAIN_OBJECTIVE = "fid_proxy"  # what "best" means for the best.pt checkpoint of a run outside a study

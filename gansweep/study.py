@@ -158,8 +158,8 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
 
 def population_size(population: str, device: Any) -> int:
     """`auto` is 1 on the CPU, where a population does not pay for the convolutional variants (see the README's
-    benchmark), and AUTO_POPULATION_CUDA on CUDA; a number is taken as it is. Points of one group beyond what
-    fits in memory are left to the next population (`TrialRunner` checks each group)."""
+    benchmark), and AUTO_POPULATION_CUDA on CUDA; a number is taken as it is. On CUDA, either way, a group's
+    points beyond what fits in memory are left to the next population (`TrialRunner._same_step`)."""
     if population != "auto":
         return int(population)
     return 1 if device.type == "cpu" else AUTO_POPULATION_CUDA

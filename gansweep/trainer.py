@@ -183,8 +183,8 @@ class _Member:
     hooks: Sequence[Hook]
     divergence: DivergenceCheck
     index: int
-    stopped: list[str] | None = None  # a resumed checkpoint of a run that a hook had already stopped
-    checkpointed: int = 0
+    stopped: list[str] | None = None  # (status, reason): stopped before its first step (at on_start, or resumed
+    # from a checkpoint of a run that a hook had already stopped)
     result: TrainResult | None = None
 
     @property
@@ -221,7 +221,6 @@ def _checkpoint(member: _Member, started: float, stopped: StopTraining | None = 
                     "hooks": {type(h).__name__: h.state_dict() for h in hooks if h.state_dict()}}
     for hook in hooks:
         hook.on_checkpoint(state)
-    member.checkpointed = state.epoch
 
 
 def _check_members(configs: Sequence[TrainConfig], hooks: Sequence[Sequence[Hook]],
@@ -272,7 +271,6 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
         if resumes[k] is not None:
             _resume(state, resumes[k], member.hooks, member.divergence)
             member.stopped = resumes[k]["resume"]["stopped"]
-            member.checkpointed = state.epoch
         members.append(member)
     names = population.metric_names
     buffer = torch.zeros(config.log_every, population.k, len(names), device=device)
@@ -280,8 +278,13 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
     clock = {"time": time.perf_counter(), "images": members[0].state.images_seen}
     started = time.perf_counter()
 
+    rngs = [m.state.rng for m in members]
+    dropout_rngs = [m.state.dropout_rng for m in members]
+
     def end(member: _Member, status: str, reason: str) -> None:
         population.end(member.index)
+        # the step still draws for every member: an ended one's own generators are left as they ended
+        rngs[member.index], dropout_rngs[member.index] = _generator(device, 0), _generator(device, 0)
         for hook in member.hooks:
             hook.on_stop(member.state, status)
         member.result = _result(member.state, status, reason, started)
@@ -341,8 +344,6 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
                 end(member, *member.stopped)
             elif member.state.epoch >= member.state.config.epochs:
                 end(member, "finished", f"completed {member.state.config.epochs} epochs")
-        rngs = [m.state.rng for m in members]
-        dropout_rngs = [m.state.dropout_rng for m in members]
         per_step = config.n_critic * config.batch_size
         while any(m.live for m in members):
             orders = torch.stack([torch.randperm(n_train, device=device, generator=r) for r in rngs])

@@ -99,42 +99,64 @@ class TrialRunner:
         params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
         return params
 
-    def _same_step(self, points: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
-        """The first point and, in grid order, the points that can share its step, up to the population size."""
+    def _step_key(self, params: dict[str, Any]) -> tuple:
+        """Points with equal keys can share one step (see trainer.member_key)."""
         from gansweep.variants import get_variant
 
-        def step_key(params: dict[str, Any]) -> tuple:
-            return params["variant"], member_key(get_variant(params["variant"]).config(**self.spec.changes(params)))
+        return params["variant"], member_key(get_variant(params["variant"]).config(**self.spec.changes(params)))
 
-        first = step_key(points[0])
+    def _same_step(self, points: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+        """The first point and, in grid order, the points that can share its step, up to the population size
+        (and, on CUDA, to what fits in memory)."""
+        from gansweep.variants import get_variant
+
+        first = self._step_key(points[0])
         size = self.population if limit is None else min(self.population, limit)
         device = self.data.train_images.device
         if device.type == "cuda" and size > 1:
             params = points[0]
-            config = get_variant(params["variant"]).config(**self.spec.changes(params))
-            size = min(size, members_that_fit(get_variant(params["variant"]), config, self.data.record.image_shape,
-                                              self.data.record.n_classes, device))
-        return [p for p in points if step_key(p) == first][:size]
+            variant = get_variant(params["variant"])
+            size = min(size, members_that_fit(variant, variant.config(**self.spec.changes(params)),
+                                              self.data.record.image_shape, self.data.record.n_classes, device))
+        return [p for p in points if self._step_key(p) == first][:size]
 
     def _run_population(self, points: list[dict[str, Any]], total: int) -> int:
-        """Ask a trial for each point, and train those not taken meanwhile together (grouped by the epoch they
-        resume from: a population steps in lockstep); returns how many trained."""
+        """Ask a trial for each point, and train those not taken meanwhile together, grouped by the step they
+        share (a trial asked for one point can be handed another: a worker's enqueued point, or one a dead
+        process left waiting) and by the epoch they resume from (a population steps in lockstep). A trial
+        made ready but never trained, because an earlier group was interrupted or failed, is ended too, so
+        that nothing stays RUNNING. Returns how many trials trained."""
+        members: list[_Member] = []
+        handed: set[int] = set()
         with contextlib.ExitStack() as alive:
-            members = []
-            for point in points:
-                self.study.enqueue_trial(point)
-                trial = self.study.ask()
-                alive.enter_context(self.liveness.alive(trial))
-                params = self._grid_params(trial)
-                if self._stand_down_if_taken(trial, lambda other, p=params: _key(_asked(other)) == _key(p), "point"):
-                    continue
-                members.append(self._prepare(trial, params, total, ("point", _key(params))))
-            by_epoch: dict[int, list[_Member]] = {}
-            for member in members:
-                epoch = 0 if member.tracked.resume is None else member.tracked.resume["epoch"]
-                by_epoch.setdefault(epoch, []).append(member)
-            for group in by_epoch.values():
-                self._train_together(group)
+            try:
+                for point in points:
+                    self.study.enqueue_trial(point)
+                    trial = self.study.ask()
+                    alive.enter_context(self.liveness.alive(trial))
+                    params = self._grid_params(trial)
+                    if self._stand_down_if_taken(trial, lambda other, p=params: _key(_asked(other)) == _key(p),
+                                                 "point"):
+                        continue
+                    members.append(self._prepare(trial, params, total, ("point", _key(params))))
+                groups: dict[tuple, list[_Member]] = {}
+                for member in members:
+                    epoch = 0 if member.tracked.resume is None else member.tracked.resume["epoch"]
+                    groups.setdefault((self._step_key(member.params), epoch), []).append(member)
+                for group in groups.values():
+                    handed.update(m.trial.number for m in group)
+                    self._train_together(group)
+            except BaseException as e:
+                for member in members:
+                    if member.trial.number not in handed:
+                        with contextlib.suppress(Exception):
+                            member.trial.set_user_attr(RESUMABLE_ATTR, True)
+                        if isinstance(e, KeyboardInterrupt):
+                            status, reason = "interrupted", str(e) or "interrupted by the user"
+                        else:
+                            status, reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+                        self._end(member.trial, member.tracked.run_id, status, f"not trained: {reason}")
+                raise
         return len(members)
 
     def _fail_dead(self) -> None:
@@ -318,35 +340,36 @@ class TrialRunner:
         hooks: list[Hook] = [_OptunaReport(trial, spec.objective.key, spec.pruner)]
         if spec.collapse_window:
             hooks.append(_CollapseStop(spec.collapse_window))
-        tracked = TrackedMember(run_id, config, extra, hooks, label if self.progress else None,
+        recorded = _Recorded(self, trial)
+        tracked = TrackedMember(run_id, config, extra, [*hooks, recorded], label if self.progress else None,
                                 None if resume is None else resume.saved)
-        return _Member(trial, key, f"trial {trial.number} ({variant.name} {swept})", variant, tracked)
+        return _Member(trial, params, key, f"trial {trial.number} ({variant.name} {swept})", variant, tracked,
+                       recorded)
 
     def _train_together(self, members: list[_Member]) -> None:
-        """Train the members as one population (one step for all; each its own run) and record each. An error
-        of the population is every member's."""
+        """Train the members as one population (one step for all; each its own run). Each is recorded the moment
+        it ends (`_Recorded`); an error of the population is that of every member not ended by then."""
         from gansweep.runs import tracked_population
 
-        spec = self.spec
+        def still_open() -> list[_Member]:
+            return [m for m in members if not m.recorded.done]
+
         try:
-            results = tracked_population(self.client, members[0].variant, self.data, self.evaluator,
-                                         spec.objective.metric, [m.tracked for m in members])
+            tracked_population(self.client, members[0].variant, self.data, self.evaluator,
+                               self.spec.objective.metric, [m.tracked for m in members])
         except KeyboardInterrupt as e:
-            for m in members:
+            for m in still_open():
                 self._end(m.trial, m.tracked.run_id, "interrupted", str(e) or "interrupted by the user")
             raise
         except GansweepError as e:
-            for m in members:
+            for m in still_open():
                 self._fail(m.trial, m.tracked.run_id, m.key, m.what, str(e))
-            return
         except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then raised
-            for m in members:
+            for m in still_open():
                 with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
                     m.trial.set_user_attr(RESUMABLE_ATTR, True)
                 self._fail(m.trial, m.tracked.run_id, m.key, m.what, f"{type(e).__name__}: {e}".splitlines()[0])
             raise
-        for m, result in zip(members, results):
-            self._record(m.trial, result)
 
     def _record(self, trial: Any, result: TrainResult) -> None:
         spec = self.spec
@@ -393,10 +416,26 @@ class _Member:
     """A trial made ready to train: alone, or in a population with others of the same step."""
 
     trial: Any
+    params: dict[str, Any]
     key: tuple
     what: str  # how failures name it
     variant: Variant
     tracked: TrackedMember
+    recorded: _Recorded
+
+
+class _Recorded(Hook):
+    """Tells Optuna and the trial how the run ended, the moment it ends: in a population its peers may train
+    on, and whatever befalls them later must not touch a trial already done. An interrupted run is left to the
+    runner, which records the interruption."""
+
+    def __init__(self, runner: TrialRunner, trial: Any):
+        self.runner, self.trial, self.done = runner, trial, False
+
+    def on_end(self, state: TrainState, result: TrainResult) -> None:
+        if result.status != "interrupted":
+            self.runner._record(self.trial, result)
+            self.done = True
 
 
 def _suggest(trial: Any, name: str, values: Any) -> Any:

@@ -78,3 +78,36 @@ def test_population_sizes_are_taken_as_given_and_auto_is_one_on_the_cpu(value):
     expected = {"auto": 1, "1": 1, "7": 7}[value]
     assert population_size(StudyOptions(population=value).population, torch.device("cpu")) == expected
     assert population_size("auto", torch.device("cuda")) == 64
+
+
+def test_a_member_that_ended_keeps_its_record_when_its_population_is_interrupted_later(tmp_path, monkeypatch):
+    """lr 10 diverges within a few steps of epoch 1 and its trial is told at once (pruned: diverged); at the end
+    of epoch 2 the population is interrupted. The diverged trial keeps its record; the two others are
+    interrupted, their runs ended, nothing left RUNNING."""
+    from optuna.trial import TrialState
+
+    from gansweep.evaluation import ScoreHook
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    path = tmp_path / "studies" / "tiny.toml"
+    path.write_text(TINY_STUDY.format(extra="").replace("lr = [1e-4, 3e-4, 1e-3]", "lr = [1e-4, 3e-4, 10.0]")
+                    .replace("log_every = 5", "log_every = 5\ndivergence_window = 3"))
+    scored = ScoreHook.on_epoch_end
+
+    def interrupt_at_epoch_2(self, state):
+        if state.epoch == 2:
+            raise KeyboardInterrupt("stopped by the test")
+        scored(self, state)
+
+    monkeypatch.setattr(ScoreHook, "on_epoch_end", interrupt_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(load_spec(path), StudyOptions(device="cpu", progress=False, population="3"))
+    store = resolve_store()
+    trials = {t.params["lr"]: t for t in optuna.load_study(study_name="tiny", storage=store.optuna()).get_trials()}
+    assert trials[10.0].state == TrialState.PRUNED and trials[10.0].user_attrs["status"] == "diverged"
+    for lr in (1e-4, 3e-4):
+        assert trials[lr].state == TrialState.FAIL and trials[lr].user_attrs["status"] == "interrupted"
+    client = MlflowClient(store.tracking_uri)
+    statuses = {t.params["lr"]: client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in trials.values()}
+    assert statuses == {10.0: "FAILED", 1e-4: "KILLED", 3e-4: "KILLED"}  # MLflow's names for diverged, interrupted
