@@ -1,6 +1,7 @@
 """Training speed, side by side in one process: images seen by D per second for the seed-style loop, a minimal
 loop with resident data, gansweep's trainer (one run) and gansweep populations (aggregate over K members: 4 on
-the CPU, 8 and 64 on CUDA), for `gan`, `dcgan` and `wgan-gp` at batch 64 on mnist-5k.
+the CPU, 8 and 64 on CUDA), for `gan`, `dcgan` and `wgan-gp` at batch 64 on mnist-5k; then a small study's share
+of wall time outside training steps.
 
 Every loop builds the same G and D from the variant's parts and computes the same losses and penalty; they differ
 only in what surrounds the step. `ratio` is gansweep over the seed-style loop. Run with `make bench`
@@ -27,6 +28,7 @@ from torchvision import transforms
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset, load_dataset
 from gansweep.mnist_wheel import write_idx
+from gansweep.population import Population
 from gansweep.trainer import g_steps_per_epoch, resolve_device, train, train_population
 from gansweep.variants import Variant, get_variant
 
@@ -138,6 +140,37 @@ def population(variant: Variant, config: TrainConfig, data: Dataset, k: int) -> 
     return sum(r.images_seen for r in results) / _elapsed(start, data.train_images.device)
 
 
+def study_share(device: torch.device, epochs: int) -> dict[str, float]:
+    """The `lr-sensitivity` study for `gan` alone (6 trials, mnist-5k, population auto) into a temporary store:
+    its wall time, and the share of it spent outside training steps (setup, scoring, sample grids, checkpoints,
+    tracking). The steps are timed by wrapping `Population.step` (with a device sync on CUDA)."""
+    from gansweep.catalog import find_spec
+    from gansweep.spec import load_spec
+    from gansweep.study import StudyOptions, run_study
+
+    in_steps = [0.0]
+    step = Population.step
+
+    def timed(self: Population, *args: object) -> Tensor:
+        start = time.perf_counter()
+        out = step(self, *args)
+        in_steps[0] += _elapsed(start, device)
+        return out
+
+    Population.step = timed
+    try:
+        with tempfile.TemporaryDirectory(prefix="gansweep-bench-store-") as store:
+            start = time.perf_counter()
+            outcome = run_study(load_spec(find_spec("lr-sensitivity")),
+                                StudyOptions(variants=("gan",), dataset="mnist-5k", epochs=epochs, device=device.type,
+                                             store=store, progress=False))
+            wall = time.perf_counter() - start
+    finally:
+        Population.step = step
+    return {"trials": outcome.ran, "wall_s": round(wall, 1), "steps_s": round(in_steps[0], 1),
+            "outside_share": round(1 - in_steps[0] / wall, 3)}
+
+
 def _elapsed(start: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -186,6 +219,10 @@ def main() -> None:
         populations = row["population"] if isinstance(row["population"], list) else [row["population"]]
         print(f"{name:<9} {row['seed_style']:>11,.0f} {row['minimal']:>9,.0f} {row['gansweep']:>9,.0f} "
               f"{row['ratio']:>6.2f}" + "".join(f" {p['images_per_s']:>12,.0f}" for p in populations), flush=True)
+    share = study_share(device, epochs)
+    report["study"] = share
+    print(f"lr-sensitivity for gan ({share['trials']} trials, {epochs} epoch(s), mnist-5k): {share['wall_s']} s, of "
+          f"which training steps {share['steps_s']} s; outside them {100 * share['outside_share']:.0f}%")
     print(json.dumps(report))
 
 
