@@ -146,6 +146,9 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
             liveness = Liveness(storage, None if database is not None else Path(store.storage))
             runner = TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress,
                                  RETRIES, liveness, population_size(options.population, device))
+            if spec.sampler != "grid" and options.population not in ("auto", "1"):
+                print(f"note: --population applies to grid studies; this {spec.sampler} study asks Optuna for one "
+                      f"trial at a time and trains each alone", file=sys.stderr)
             ran = runner.run_grid(options.trials) if spec.sampler == "grid" else runner.run_sampled()
             failed = runner.failures()
         except BaseException as e:

@@ -111,3 +111,13 @@ def test_a_member_that_ended_keeps_its_record_when_its_population_is_interrupted
     client = MlflowClient(store.tracking_uri)
     statuses = {t.params["lr"]: client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in trials.values()}
     assert statuses == {10.0: "FAILED", 1e-4: "KILLED", 3e-4: "KILLED"}  # MLflow's names for diverged, interrupted
+
+
+def test_a_sampled_study_says_it_trains_one_trial_at_a_time(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    path = tmp_path / "studies" / "tiny.toml"
+    path.write_text(TINY_STUDY.format(extra="trials = 1").replace('sampler = "grid"', 'sampler = "tpe"'))
+    outcome = run_study(load_spec(path), StudyOptions(device="cpu", progress=False, population="4"))
+    assert outcome.ran == 1
+    assert "note: --population applies to grid studies; this tpe study" in capsys.readouterr().err
