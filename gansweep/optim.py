@@ -10,6 +10,7 @@ torch.optim's format for one member, so a checkpoint stays loadable by torch.opt
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,33 +31,40 @@ def _only_active(grad: Tensor, active: Tensor) -> Tensor:
     return torch.where(_per_member(active, grad).bool(), grad, 0.0)
 
 
-class MemberOptimizer:
-    """Steps `params`, a list of stacked tensors (K, ...), given their gradients."""
+class MemberOptimizer(abc.ABC):
+    """Steps `params`, a list of stacked tensors (K, ...), given their gradients. A subclass names its moments
+    (torch.optim's state keys), the torch.optim class whose format it speaks, and its update."""
+
+    moment_names: tuple[str, ...]
+    torch_class: type[torch.optim.Optimizer]
 
     def __init__(self, params: Sequence[Tensor], lr: Tensor):
         self.params, self.lr = list(params), lr.double()
         self.steps = torch.zeros_like(self.lr)
+        self.moments = {name: [torch.zeros_like(p) for p in self.params] for name in self.moment_names}
 
     def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
         """One update of every member whose `active` entry is 1 (a float mask of shape (K,)); others stay as
         they are, their moments too."""
-        raise NotImplementedError
+        active = active.double()
+        self.steps.add_(active)
+        self._update([_only_active(g, active) for g in grads], active)
 
-    def _torch_optimizer(self, member: int) -> torch.optim.Optimizer:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _update(self, grads: Sequence[Tensor], active: Tensor) -> None:
+        """The update itself, given gradients already zero for inactive members and `steps` already counted."""
 
-    def _state_names(self) -> tuple[str, ...]:
-        raise NotImplementedError
-
-    def _moments(self) -> list[list[Tensor]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _hyperparameters(self, member: int) -> dict[str, Any]:
+        """One member's keyword arguments to `torch_class`."""
 
     def state_dict(self, member: int) -> dict[str, Any]:
         """torch.optim's state_dict for one member, as its own optimizer over that member's parameters would save."""
-        template = self._torch_optimizer(member).state_dict()
+        params = [nn.Parameter(p[member].detach()) for p in self.params]
+        template = self.torch_class(params, **self._hyperparameters(member)).state_dict()
         step = self.steps[member].detach().float().cpu()  # torch.optim keeps a float32 step
         template["state"] = {i: {"step": step.clone(), **{name: moment[i][member].detach().clone()
-                                                         for name, moment in zip(self._state_names(), self._moments())}}
+                                                         for name, moment in self.moments.items()}}
                              for i in range(len(self.params))} if float(step) > 0 else {}
         return template
 
@@ -65,7 +73,7 @@ class MemberOptimizer:
         if not saved["state"]:
             return
         self.steps[member] = float(saved["state"][0]["step"])
-        for name, moment in zip(self._state_names(), self._moments()):
+        for name, moment in self.moments.items():
             for i, tensor in enumerate(moment):
                 tensor[member].copy_(saved["state"][i][name])
 
@@ -73,64 +81,40 @@ class MemberOptimizer:
 class Adam(MemberOptimizer):
     """torch.optim.Adam without weight decay or amsgrad; `betas` has shape (K, 2)."""
 
+    moment_names, torch_class = ("exp_avg", "exp_avg_sq"), torch.optim.Adam
     eps = 1e-8  # torch.optim.Adam's default
 
     def __init__(self, params: Sequence[Tensor], lr: Tensor, betas: Tensor):
         super().__init__(params, lr)
         self.betas = betas.double()
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
 
-    def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
-        active = active.double()
-        self.steps.add_(active)
+    def _update(self, grads: Sequence[Tensor], active: Tensor) -> None:
         beta1, beta2 = self.betas[:, 0], self.betas[:, 1]
         step = self.steps.clamp(min=1)  # an inactive member before its first step: no division by zero
         w1, w2 = (1 - beta1) * active, (1 - beta2) * active
         step_size = self.lr * active / (1 - beta1 ** step)
         inverse_bias_correction2_sqrt = (1 - beta2 ** step).rsqrt()
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-            g = _only_active(g, active)
+        for p, g, m, v in zip(self.params, grads, self.moments["exp_avg"], self.moments["exp_avg_sq"]):
             m.lerp_(g, _per_member(w1, p))
             v.lerp_(g.square(), _per_member(w2, p))
             denom = v.sqrt().mul_(_per_member(inverse_bias_correction2_sqrt, p)).add_(self.eps)
             p.addcdiv_(m * _per_member(step_size, p), denom, value=-1)
 
-    def _torch_optimizer(self, member: int) -> torch.optim.Optimizer:
-        return torch.optim.Adam([nn.Parameter(p[member].detach()) for p in self.params], lr=float(self.lr[member]),
-                                betas=tuple(float(b) for b in self.betas[member]))
-
-    def _state_names(self) -> tuple[str, ...]:
-        return "exp_avg", "exp_avg_sq"
-
-    def _moments(self) -> list[list[Tensor]]:
-        return [self.exp_avg, self.exp_avg_sq]
+    def _hyperparameters(self, member: int) -> dict[str, Any]:
+        return {"lr": float(self.lr[member]), "betas": tuple(float(b) for b in self.betas[member])}
 
 
 class RMSprop(MemberOptimizer):
     """torch.optim.RMSprop with its defaults: alpha 0.99, no momentum, not centred."""
 
+    moment_names, torch_class = ("square_avg",), torch.optim.RMSprop
     alpha, eps = 0.99, 1e-8
 
-    def __init__(self, params: Sequence[Tensor], lr: Tensor):
-        super().__init__(params, lr)
-        self.square_avg = [torch.zeros_like(p) for p in self.params]
-
-    def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
-        active = active.double()
-        self.steps.add_(active)
+    def _update(self, grads: Sequence[Tensor], active: Tensor) -> None:
         weight, lr = (1 - self.alpha) * active, self.lr * active
-        for p, g, s in zip(self.params, grads, self.square_avg):
-            g = _only_active(g, active)
+        for p, g, s in zip(self.params, grads, self.moments["square_avg"]):
             s.lerp_(g.square(), _per_member(weight, p))
             p.addcdiv_(g * _per_member(lr, p), s.sqrt().add_(self.eps), value=-1)
 
-    def _torch_optimizer(self, member: int) -> torch.optim.Optimizer:
-        return torch.optim.RMSprop([nn.Parameter(p[member].detach()) for p in self.params],
-                                   lr=float(self.lr[member]))
-
-    def _state_names(self) -> tuple[str, ...]:
-        return ("square_avg",)
-
-    def _moments(self) -> list[list[Tensor]]:
-        return [self.square_avg]
+    def _hyperparameters(self, member: int) -> dict[str, Any]:
+        return {"lr": float(self.lr[member])}
