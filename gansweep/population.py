@@ -40,10 +40,10 @@ Tensors = dict[str, Tensor]
 
 def _stack(modules: Sequence[nn.Module]) -> tuple[Tensors, Tensors]:
     """Members' parameters and buffers stacked (K, ...), then each module's tensors pointed at its slice."""
-    params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in modules])
-              for name, _ in modules[0].named_parameters()}
-    buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in modules])
-               for name, _ in modules[0].named_buffers()}
+    own_params = [dict(m.named_parameters()) for m in modules]
+    own_buffers = [dict(m.named_buffers()) for m in modules]
+    params = {name: torch.stack([p[name].detach() for p in own_params]) for name in own_params[0]}
+    buffers = {name: torch.stack([b[name] for b in own_buffers]) for name in own_buffers[0]}
     for k, module in enumerate(modules):
         _point(module, {n: t[k] for n, t in params.items()}, {n: t[k] for n, t in buffers.items()})
     return params, buffers
@@ -180,10 +180,16 @@ class Population:
         (K, n_critic, B, ...), `labels` (K, n_critic, B) or None. Returns the step metrics, (K, len(metric_names))."""
         masks = self._masks(dropout_rngs)
         per_d = len(self.d_mask_shapes)
-        device = real.device
+
+        def each(draw: Callable[[torch.Generator], Tensor]) -> Tensor:  # one draw per member, from its generator
+            return torch.stack([draw(r) for r in rngs])
+
+        def noise(r: torch.Generator) -> Tensor:
+            return torch.randn(self.batch, self.z_dim, device=self.device, generator=r)
+
         for c in range(self.n_critic):
-            z = torch.stack([torch.randn(self.batch, self.z_dim, device=device, generator=r) for r in rngs])
-            alpha = (torch.stack([torch.rand(self.batch, device=device, generator=r) for r in rngs])
+            z = each(noise)
+            alpha = (each(lambda r: torch.rand(self.batch, device=self.device, generator=r))
                      if self.regularizer.draws_alpha else None)
             d_masks = masks[c * per_d:(c + 1) * per_d] if per_d else None
             grads, loss_d, d_real, d_fake, grad_d, estimate = self._map(
@@ -191,9 +197,9 @@ class Population:
                 None if labels is None else labels[:, c], z, alpha, d_masks, self.real_target, self.strength)
             self.opt_d.step([grads[n] for n in self.d_params], self.active)
             self.regularizer.constrain(list(self.d_params.values()), self.clip_value)
-        g_labels = (torch.stack([torch.randint(0, self.n_classes, (self.batch,), device=device, generator=r) for r in rngs])
+        g_labels = (each(lambda r: torch.randint(0, self.n_classes, (self.batch,), device=self.device, generator=r))
                     if self.conditional else None)
-        z = torch.stack([torch.randn(self.batch, self.z_dim, device=device, generator=r) for r in rngs])
+        z = each(noise)
         grads, loss_g, grad_g = self._map(self._g_grads, self.g_params, self.g_buffers, self.d_params,
                                           self.d_buffers, g_labels, z, masks[per_d * self.n_critic:] or None)
         self.opt_g.step([grads[n] for n in self.g_params], self.active)

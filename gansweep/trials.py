@@ -151,11 +151,8 @@ class TrialRunner:
                     if member.trial.number not in handed:
                         with contextlib.suppress(Exception):
                             member.trial.set_user_attr(RESUMABLE_ATTR, True)
-                        if isinstance(e, KeyboardInterrupt):
-                            status, reason = "interrupted", str(e) or "interrupted by the user"
-                        else:
-                            status, reason = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
-                        self._end(member.trial, member.tracked.run_id, status, f"not trained: {reason}")
+                        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                        self._end(member.trial, member.tracked.run_id, status, f"not trained: {_reason(e)}")
                 raise
         return len(members)
 
@@ -359,7 +356,7 @@ class TrialRunner:
                                self.spec.objective.metric, [m.tracked for m in members])
         except KeyboardInterrupt as e:
             for m in still_open():
-                self._end(m.trial, m.tracked.run_id, "interrupted", str(e) or "interrupted by the user")
+                self._end(m.trial, m.tracked.run_id, "interrupted", _reason(e))
             raise
         except GansweepError as e:
             for m in still_open():
@@ -368,7 +365,7 @@ class TrialRunner:
             for m in still_open():
                 with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
                     m.trial.set_user_attr(RESUMABLE_ATTR, True)
-                self._fail(m.trial, m.tracked.run_id, m.key, m.what, f"{type(e).__name__}: {e}".splitlines()[0])
+                self._fail(m.trial, m.tracked.run_id, m.key, m.what, _reason(e))
             raise
 
     def _record(self, trial: Any, result: TrainResult) -> None:
@@ -436,6 +433,13 @@ class _Recorded(Hook):
         if result.status != "interrupted":
             self.runner._record(self.trial, result)
             self.done = True
+
+
+def _reason(error: BaseException) -> str:
+    """How a trial that an interrupt or an unexpected error ended says why, in one line."""
+    if isinstance(error, KeyboardInterrupt):
+        return str(error) or "interrupted by the user"
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 def _suggest(trial: Any, name: str, values: Any) -> Any:
