@@ -70,7 +70,8 @@ class TrainConfig:
     # Run.
     seed: int = 0
     device: str = "auto"
-    log_every: int = 20  # G steps between copies of the step metrics to the host: the only sync in the loop
+    log_every: int = 20  # G steps per copy of the step metrics to the host (the only sync in the loop) and per
+    # point of each step curve in MLflow (the window's mean)
     n_samples: int = 64  # fixed-noise images in each epoch's sample grid
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ can hold its parent run open while each trial's child run starts and ends.
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import time
@@ -16,15 +17,18 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.async_logging.run_operations import RunOperations
 
 import gansweep
 from gansweep.store import store_lock
 from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
 
 __all__ = ["slug", "client_for", "experiment_id", "experiment_url", "study_parents", "MlflowHook", "RUN_STATUS",
-           "end_run", "git_commit", "checksum_tag"]
+           "end_run", "git_commit", "checksum_tag", "window_points", "EXTREMES"]
 
-_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+# A step curve's point is the mean over its window of G steps; for these, where one spike matters (D winning
+# outright, a gradient blowing up), the window's minimum and maximum are logged beside it as NAME/min, NAME/max.
+EXTREMES = ("loss/d", "grad_norm/d", "grad_norm/g")
 
 # How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
 RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "collapsed": "KILLED", "interrupted": "KILLED",
@@ -104,7 +108,9 @@ class MlflowHook(Hook):
     figure.
 
     `work_dir` holds what the sample-grid and checkpoint hooks write; this hook copies it into the run's
-    artifacts. Metrics are logged with one log_batch call per `log_every` steps, never one call per value.
+    artifacts. Step metrics are one point per window of `log_every` G steps (`EXTREMES`), handed to MLflow's
+    asynchronous logging so that the loop does not wait on the store; they are waited for at every epoch's end,
+    before anything (scores, checkpoints, the run's end) that a resume or a reader would take as covering them.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, work_dir: Path, objective: str,
@@ -112,7 +118,8 @@ class MlflowHook(Hook):
         self.client, self.run_id, self.work_dir, self.objective = client, run_id, work_dir, objective
         self.extra_params = extra_params
         self.noted: dict[str, str] = {}  # note name -> the text last tagged, re-tagged when a note grows
-        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)  # the points logged, for the figure
+        self.queued: list[RunOperations] = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"noted": dict(self.noted), "history": {k: list(v) for k, v in self.history.items()}}
@@ -142,16 +149,24 @@ class MlflowHook(Hook):
             self.client.log_batch(self.run_id, tags=changed)
 
     def on_log(self, state: TrainState, log: StepLog) -> None:
+        step = log.steps[-1]
+        points = window_points(log.metrics)
+        for name, value in points.items():
+            self.history[name].append((step, value))
+        points["perf/images_per_s"] = log.images_per_s
         now = int(time.time() * 1000)
-        metrics = [Metric(name, value, now, step) for name, values in log.metrics.items()
-                   for step, value in zip(log.steps, values)]
-        metrics.append(Metric("perf/images_per_s", log.images_per_s, now, log.steps[-1]))
-        for name, values in log.metrics.items():
-            self.history[name] += zip(log.steps, values)
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH])
+        self.queued.append(self.client.log_batch(self.run_id, metrics=[Metric(name, value, now, step)
+                                                                       for name, value in points.items()],
+                                                 synchronous=False))
+
+    def _drain(self) -> None:
+        """Wait until every queued point is in the store; a store that refused one raises here."""
+        queued, self.queued = self.queued, []
+        for operations in queued:
+            operations.wait()
 
     def on_epoch_end(self, state: TrainState) -> None:
+        self._drain()
         now = int(time.time() * 1000)
         epoch_metrics = {**state.scores, "progress/epoch": state.epoch, "progress/images_seen": state.images_seen,
                          "progress/g_steps": state.step}
@@ -190,6 +205,7 @@ class MlflowHook(Hook):
                 path.unlink()  # kept in the run now; a process killed later leaves no copy behind
 
     def on_end(self, state: TrainState, result: TrainResult) -> None:
+        self._drain()
         self._tag_notes(state)  # a judgement of the whole run, made once it stopped
         grids = sorted((self.work_dir / "samples").glob("epoch_*.png"))
         if grids:
@@ -200,6 +216,17 @@ class MlflowHook(Hook):
         self.client.log_batch(self.run_id, metrics=[
             Metric("perf/wall_time_s", result.wall_time_s, int(time.time() * 1000), result.epochs)])
         end_run(self.client, self.run_id, result.status, result.reason)
+
+
+def window_points(metrics: dict[str, list[float]]) -> dict[str, float]:
+    """One window's step values as the points logged for it: each metric's mean, and for `EXTREMES` its
+    minimum and maximum."""
+    points = {}
+    for name, values in metrics.items():
+        points[name] = math.fsum(values) / len(values)
+        if name in EXTREMES:
+            points[f"{name}/min"], points[f"{name}/max"] = min(values), max(values)
+    return points
 
 
 def checksum_tag(name: str) -> str:
@@ -245,9 +272,13 @@ def _plot_losses(history: dict[str, list[tuple[int, float]]], path: Path, title:
         for name in names:
             if name in history:
                 steps, values = zip(*history[name])
-                ax.plot(steps, values, label=name, linewidth=0.8)
+                (line,) = ax.plot(steps, values, label=name, linewidth=0.8)
+                if f"{name}/min" in history and f"{name}/max" in history:
+                    low_steps, low = zip(*history[f"{name}/min"])  # a run resumed from before windows: later only
+                    ax.fill_between(low_steps, low, [v for _, v in history[f"{name}/max"]], color=line.get_color(),
+                                    alpha=0.2, linewidth=0)
         ax.set_title(label)
-        ax.set_xlabel("G step")
+        ax.set_xlabel("G step (window means; band: window min to max)")
         ax.legend(fontsize=8)
     fig.suptitle(title)
     with atomic_path(path) as tmp:
