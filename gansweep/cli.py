@@ -155,7 +155,7 @@ def train(variant: str, dataset: str, data_root: str | None, store: str | None, 
 @click.option("--experiment", default=None, help="MLflow experiment [default: the study's name].")
 @click.option("--fresh", is_flag=True, help="Start a new study instead of continuing the last one.")
 @click.option("--population", default="auto", show_default=True,
-              help="Grid points trained together in one step: N, or auto (1 on the CPU, up to 64 on CUDA).")
+              help="Trials trained together in one step: N, or auto (1 on the CPU, up to 64 on CUDA).")
 def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: Any) -> None:
     """Run (or continue) the study NAME (gansweep list studies); every trial is an MLflow child run."""
     from gansweep.catalog import find_spec

@@ -57,7 +57,7 @@ class StudyOptions:
     experiment: str | None = None
     fresh: bool = False
     progress: bool = True
-    population: str = "auto"  # grid points trained together in one step: a number, or auto (see population_size)
+    population: str = "auto"  # trials trained together in one step: a number, or auto (see population_size)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -146,9 +146,6 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
             liveness = Liveness(storage, None if database is not None else Path(store.storage))
             runner = TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress,
                                  RETRIES, liveness, population_size(options.population, device))
-            if spec.sampler != "grid" and options.population not in ("auto", "1"):
-                print(f"note: --population applies to grid studies; this {spec.sampler} study asks Optuna for one "
-                      f"trial at a time and trains each alone", file=sys.stderr)
             ran = runner.run_grid(options.trials) if spec.sampler == "grid" else runner.run_sampled()
             failed = runner.failures()
         except BaseException as e:

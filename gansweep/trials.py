@@ -38,6 +38,9 @@ WAIT_S = 2.0  # how often a process with nothing to hand out looks at other proc
 # Trials that hold their work: done, or under way. Failed and interrupted ones give it back, to be run again.
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
+# Asks Optuna for one trial, keeps it visibly alive in the stack and makes it ready; None where it stood down.
+Ask = Callable[[contextlib.ExitStack], "_Member | None"]
+
 
 def _key(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
@@ -76,8 +79,8 @@ class TrialRunner:
                     continue
                 break
             if self.population > 1:
-                ran += self._run_population(self._same_step(remaining, None if limit is None else limit - ran),
-                                            len(grid))
+                points = self._same_step(remaining, None if limit is None else limit - ran)
+                ran += self._run_population([self._point_ask(point, len(grid)) for point in points])
                 continue
             failed = {_key(t.params) for t in trials if t.state == TrialState.FAIL}
             redo = [p for p in remaining if _key(p) in failed]
@@ -108,37 +111,47 @@ class TrialRunner:
     def _same_step(self, points: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
         """The first point and, in grid order, the points that can share its step, up to the population size
         (and, on CUDA, to what fits in memory)."""
-        from gansweep.variants import get_variant
-
         first = self._step_key(points[0])
-        size = self.population if limit is None else min(self.population, limit)
-        device = self.data.train_images.device
-        if device.type == "cuda" and size > 1:
-            params = points[0]
-            variant = get_variant(params["variant"])
-            size = min(size, members_that_fit(variant, variant.config(**self.spec.changes(params)),
-                                              self.data.record.image_shape, self.data.record.n_classes, device))
+        size = self._fit(points[0], self.population if limit is None else min(self.population, limit))
         return [p for p in points if self._step_key(p) == first][:size]
 
-    def _run_population(self, points: list[dict[str, Any]], total: int) -> int:
-        """Ask a trial for each point, and train those not taken meanwhile together, grouped by the step they
-        share (a trial asked for one point can be handed another: a worker's enqueued point, or one a dead
-        process left waiting) and by the epoch they resume from (a population steps in lockstep). A trial
-        made ready but never trained, because an earlier group was interrupted or failed, is ended too, so
-        that nothing stays RUNNING. Returns how many trials trained."""
+    def _fit(self, params: dict[str, Any], size: int) -> int:
+        """At most `size` members like `params` (a sampled trial's: its variant at the study's settings), and on
+        CUDA no more than fit in memory."""
+        from gansweep.variants import get_variant
+
+        device = self.data.train_images.device
+        if device.type != "cuda" or size == 1:
+            return size
+        variant = get_variant(params["variant"])
+        return min(size, members_that_fit(variant, variant.config(**self.spec.changes(params)),
+                                          self.data.record.image_shape, self.data.record.n_classes, device))
+
+    def _point_ask(self, point: dict[str, Any], total: int) -> Ask:
+        def ask(alive: contextlib.ExitStack) -> _Member | None:
+            self.study.enqueue_trial(point)
+            trial = self.study.ask()
+            alive.enter_context(self.liveness.alive(trial))
+            params = self._grid_params(trial)
+            if self._stand_down_if_taken(trial, lambda other: _key(_asked(other)) == _key(params), "point"):
+                return None
+            return self._prepare(trial, params, total, ("point", _key(params)))
+
+        return ask
+
+    def _run_population(self, asks: list[Ask]) -> int:
+        """Ask for each trial and train those not taken meanwhile together, grouped by the step they share (a
+        trial asked for one point can be handed another: a worker's enqueued point, or one a dead process left
+        waiting; a sampled one has its own structural settings) and by the epoch they resume from (a population
+        steps in lockstep). A trial made ready but never trained, because an earlier group was interrupted or
+        failed, is ended too, so that nothing stays RUNNING. Returns how many trials trained."""
         members: list[_Member] = []
         handed: set[int] = set()
         with contextlib.ExitStack() as alive:
             try:
-                for point in points:
-                    self.study.enqueue_trial(point)
-                    trial = self.study.ask()
-                    alive.enter_context(self.liveness.alive(trial))
-                    params = self._grid_params(trial)
-                    if self._stand_down_if_taken(trial, lambda other, p=params: _key(_asked(other)) == _key(p),
-                                                 "point"):
-                        continue
-                    members.append(self._prepare(trial, params, total, ("point", _key(params))))
+                for ask in asks:
+                    if (member := ask(alive)) is not None:
+                        members.append(member)
                 groups: dict[tuple, list[_Member]] = {}
                 for member in members:
                     epoch = 0 if member.tracked.resume is None else member.tracked.resume["epoch"]
@@ -209,44 +222,52 @@ class TrialRunner:
 
     def run_sampled(self) -> int:
         """The search: `trials` per variant, each trial given to the variant with the fewest so far, so every
-        variant gets the same budget. Then, with `best_seeds`, each variant's best parameters again per seed,
-        once no search trial runs anywhere."""
+        variant gets the same budget, up to `population` of one variant asked for at once (TPE's constant liar
+        lets each see the others as running). Then, with `best_seeds`, each variant's best parameters again per
+        seed, once no search trial runs anywhere."""
         spec, ran = self.spec, 0
         total = (spec.trials or 0) * len(spec.variants) + len(spec.best_seeds) * len(spec.variants)
         while True:
             self._fail_dead()
             if (variant := self._next_search_variant()) is not None:
-                self._search(variant, total)
+                left = (spec.trials or 0) - self._search_counts()[variant]
+                size = self._fit({"variant": variant}, min(self.population, left))
+                ran += self._run_population([self._search_ask(variant, total)] * size)
             elif self._wait_for_others(lambda t: t.user_attrs.get("phase") == "search"):
                 continue
             elif todo := self._reruns():
-                if not self._rerun(*todo[0], total):
-                    continue
+                variant = todo[0][0].params["variant"]
+                same = [(best, seed) for best, seed in todo if best.params["variant"] == variant]
+                size = self._fit(todo[0][0].params, self.population)
+                ran += self._run_population([self._rerun_ask(best, seed, total) for best, seed in same[:size]])
             elif self._wait_for_others(lambda t: True):
                 continue
             else:
                 return ran
-            ran += 1
 
-    def _search(self, variant: str, total: int) -> None:
-        spec = self.spec
-        self.study.enqueue_trial({"variant": variant})
-        trial = self.study.ask()
-        with self.liveness.alive(trial):
+    def _search_ask(self, variant: str, total: int) -> Ask:
+        def ask(alive: contextlib.ExitStack) -> _Member:
+            spec = self.spec
+            self.study.enqueue_trial({"variant": variant})
+            trial = self.study.ask()
+            alive.enter_context(self.liveness.alive(trial))
             params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
             for name, values in spec.space.items():
                 params[name] = _suggest(trial, name, values)
             params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
             trial.set_user_attr("seed", params["seed"])
             trial.set_user_attr("phase", "search")
-            self._train(trial, params, total, ("search", variant))
+            return self._prepare(trial, params, total, ("search", variant))
 
-    def _rerun(self, best: Any, seed: int, total: int) -> bool:
-        """Re-run a variant's best parameters with `seed`; False if another process took it first."""
-        spec = self.spec
-        self.study.enqueue_trial(best.params)
-        trial = self.study.ask()
-        with self.liveness.alive(trial):
+        return ask
+
+    def _rerun_ask(self, best: Any, seed: int, total: int) -> Ask:
+        """Re-run a variant's best parameters with `seed`; None where another process took it first."""
+        def ask(alive: contextlib.ExitStack) -> _Member | None:
+            spec = self.spec
+            self.study.enqueue_trial(best.params)
+            trial = self.study.ask()
+            alive.enter_context(self.liveness.alive(trial))
             params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
             params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
             for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
@@ -254,18 +275,23 @@ class TrialRunner:
             if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
                                          and _asked(other).get("variant") == params["variant"]
                                          and other.user_attrs.get("seed") == seed, "re-run"):
-                return False
-            self._train(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
-        return True
+                return None
+            return self._prepare(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
+
+        return ask
 
     def _live(self, phase: str) -> list[Any]:
         """Trials of a phase that count as done or under way (failed and interrupted ones are run again)."""
         return [t for t in self.study.get_trials(deepcopy=False, states=LIVE) if t.user_attrs.get("phase") == phase]
 
-    def _next_search_variant(self) -> str | None:
+    def _search_counts(self) -> dict[str, int]:
         counts = {v: 0 for v in self.spec.variants}
         for t in self._live("search"):
             counts[t.params.get("variant")] = counts.get(t.params.get("variant"), 0) + 1
+        return counts
+
+    def _next_search_variant(self) -> str | None:
+        counts = self._search_counts()
         open_variants = [v for v in self.spec.variants if not self._given_up(("search", v))]
         if not open_variants:
             return None

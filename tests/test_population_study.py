@@ -113,11 +113,26 @@ def test_a_member_that_ended_keeps_its_record_when_its_population_is_interrupted
     assert statuses == {10.0: "FAILED", 1e-4: "KILLED", 3e-4: "KILLED"}  # MLflow's names for diverged, interrupted
 
 
-def test_a_sampled_study_says_it_trains_one_trial_at_a_time(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "studies").mkdir()
-    path = tmp_path / "studies" / "tiny.toml"
-    path.write_text(TINY_STUDY.format(extra="trials = 1").replace('sampler = "grid"', 'sampler = "tpe"'))
-    outcome = run_study(load_spec(path), StudyOptions(device="cpu", progress=False, population="4"))
-    assert outcome.ran == 1
-    assert "note: --population applies to grid studies; this tpe study" in capsys.readouterr().err
+def test_a_sampled_study_asks_for_a_population_of_trials_at_once(tmp_path, monkeypatch):
+    """TPE with a constant liar, 3 trials asked at once, then the best one's two re-runs at once: the same trials
+    (TPE's first trials are its seeded random start, whatever runs meanwhile) and scores as asked one at a time,
+    trained together."""
+    runs = {}
+    for population in ("1", "3"):
+        folder = tmp_path / population
+        (folder / "studies").mkdir(parents=True)
+        monkeypatch.chdir(folder)
+        path = folder / "studies" / "tiny.toml"
+        path.write_text(TINY_STUDY.format(extra="trials = 3\nbest_seeds = [5, 6]").replace('sampler = "grid"', 'sampler = "tpe"'))
+        outcome = run_study(load_spec(path), StudyOptions(device="cpu", progress=False, population=population))
+        trials = optuna.load_study(study_name=outcome.optuna_study, storage=resolve_store().optuna()).get_trials()
+        runs[population] = (outcome, sorted(trials, key=lambda t: t.number))
+    (one, alone), (three, together) = runs["1"], runs["3"]
+    assert one.ran == three.ran == 5
+    assert [(t.params, t.user_attrs["seed"], t.user_attrs["phase"], t.state) for t in together] == \
+        [(t.params, t.user_attrs["seed"], t.user_attrs["phase"], t.state) for t in alone]
+    assert [t.user_attrs["seed"] for t in together[3:]] == [5, 6]
+    assert [t.value for t in together] == pytest.approx([t.value for t in alone], rel=1e-3)
+    for batch in (together[:3], together[3:]):
+        assert max(t.datetime_start for t in batch) < min(t.datetime_complete for t in batch)
+    assert all(a.datetime_complete <= b.datetime_start for a, b in zip(alone, alone[1:]))
