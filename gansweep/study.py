@@ -115,7 +115,8 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     from gansweep.liveness import Liveness
     from gansweep.tracking import client_for
     from gansweep.trainer import resolve_device
-    from gansweep.trials import TrialRunner
+    from gansweep.grid import GridRunner
+    from gansweep.search import SearchRunner
 
     spec = options.apply(spec)
     device = resolve_device(options.device)
@@ -144,9 +145,14 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
             evaluator = pinned_evaluator(client, client.get_run(parent_id), local, data, spec.n_eval)
         try:
             liveness = Liveness(storage, None if database is not None else Path(store.storage))
-            runner = TrialRunner(spec, study, client, experiment, parent_id, data, evaluator, options.progress,
-                                 RETRIES, liveness, population_size(options.population, device))
-            ran = runner.run_grid(options.trials) if spec.sampler == "grid" else runner.run_sampled()
+            arguments = (spec, study, client, experiment, parent_id, data, evaluator, options.progress, RETRIES,
+                         liveness, population_size(options.population, device))
+            if spec.sampler == "grid":
+                runner = GridRunner(*arguments)
+                ran = runner.run(options.trials)
+            else:
+                runner = SearchRunner(*arguments)
+                ran = runner.run()
             failed = runner.failures()
         except BaseException as e:
             _end_parent(client, parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -159,7 +165,7 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
 def population_size(population: str, device: Any) -> int:
     """`auto` is 1 on the CPU, where a population does not pay for the convolutional variants (see the README's
     benchmark), and AUTO_POPULATION_CUDA on CUDA; a number is taken as it is. On CUDA, either way, a group's
-    points beyond what fits in memory are left to the next population (`TrialRunner._same_step`)."""
+    points beyond what fits in memory are left to the next population (`GridRunner._same_step`)."""
     if population != "auto":
         return int(population)
     return 1 if device.type == "cpu" else AUTO_POPULATION_CUDA

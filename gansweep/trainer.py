@@ -206,9 +206,13 @@ def _resume(state: TrainState, saved: dict[str, Any], hooks: Sequence[Hook], div
     state.images_seen, state.wall_time_s = saved["images_seen"], saved["resume"]["wall_time_s"]
     state.scores, state.notes, state.last = (dict(saved["resume"][k]) for k in ("scores", "notes", "last"))
     divergence.load_state_dict(saved["resume"]["divergence"])
+    saved_hooks = saved["resume"]["hooks"]
     for hook in hooks:
-        if type(hook).__name__ in saved["resume"]["hooks"]:
-            hook.load_state_dict(saved["resume"]["hooks"][type(hook).__name__])
+        name = type(hook).__name__  # the study's hooks were once named _OptunaReport and _CollapseStop
+        for key in (name, f"_{name}"):
+            if key in saved_hooks:
+                hook.load_state_dict(saved_hooks[key])
+                break
 
 
 def _checkpoint(member: _Member, started: float, stopped: StopTraining | None = None) -> None:

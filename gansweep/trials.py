@@ -1,5 +1,6 @@
-"""The trials of one study: Optuna chooses each trial's parameters, gansweep trains it as an MLflow child run and
-tells Optuna and MLflow how it ended.
+"""What every study's trials share: a trial is made ready as an MLflow child run, trained (alone or in a
+population with others of the same step), and Optuna and MLflow are told how it ended. `grid.GridRunner` and
+`search.SearchRunner` decide which trials to ask for.
 
 A point whose trial fails is run again, at most `retries` times in one invocation, then left failed with its
 reason, so a value that cannot work costs a few runs and a line, never an endless queue. A trial whose process
@@ -25,13 +26,14 @@ from gansweep.liveness import Liveness, is_lost
 from gansweep.population import members_that_fit
 from gansweep.resume import RESUMABLE_ATTR
 from gansweep.spec import StudySpec
-from gansweep.trainer import Hook, StopTraining, TrainResult, TrainState, member_key
+from gansweep.trial_hooks import CollapseStop, OptunaReport
+from gansweep.trainer import Hook, TrainResult, TrainState, member_key
 
 if TYPE_CHECKING:
     from gansweep.runs import TrackedMember
     from gansweep.variants import Variant
 
-__all__ = ["TrialRunner", "LIVE", "WAIT_S"]
+__all__ = ["TrialRunner", "Member", "Ask", "point_key", "asked_params", "LIVE", "WAIT_S"]
 
 WAIT_S = 2.0  # how often a process with nothing to hand out looks at other processes' running trials
 
@@ -39,20 +41,21 @@ WAIT_S = 2.0  # how often a process with nothing to hand out looks at other proc
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 # Asks Optuna for one trial, keeps it visibly alive in the stack and makes it ready; None where it stood down.
-Ask = Callable[[contextlib.ExitStack], "_Member | None"]
+Ask = Callable[[contextlib.ExitStack], "Member | None"]
 
 
-def _key(params: Mapping[str, Any]) -> tuple:
+def point_key(params: Mapping[str, Any]) -> tuple:
+    """A point as a hashable key, the same whatever order its parameters come in."""
     return tuple(sorted(params.items()))
 
 
-def _asked(trial: Any) -> dict[str, Any]:
+def asked_params(trial: Any) -> dict[str, Any]:
     """A trial's parameters, also while an enqueued one has not suggested them yet (Optuna holds them aside)."""
     return trial.params or trial.system_attrs.get("fixed_params", {})
 
 
 class TrialRunner:
-    """Runs trials of one study: asks Optuna for parameters, trains, and tells Optuna and MLflow how it ended."""
+    """Trains the trials of one study that a subclass asks Optuna for, and tells Optuna and MLflow how each ended."""
 
     def __init__(self, spec: StudySpec, study: Any, client: Any, experiment: str, parent_id: str, data: Any,
                  evaluator: Any, progress: bool, retries: int, liveness: Liveness, population: int = 1):
@@ -66,55 +69,11 @@ class TrialRunner:
         self.ended_lost: set[int] = set()  # lost trials whose MLflow run this process has seen ended
         self.waiting = False
 
-    def run_grid(self, limit: int | None) -> int:
-        grid = self.spec.grid_points()
-        ran = 0
-        while limit is None or ran < limit:
-            self._fail_dead()
-            trials = self.study.get_trials(deepcopy=False)
-            taken = {_key(t.params) for t in trials if t.state in LIVE}
-            remaining = [p for p in grid if _key(p) not in taken and not self._given_up(("point", _key(p)))]
-            if not remaining:
-                if limit is None and self._wait_for_others(lambda t: True):
-                    continue
-                break
-            if self.population > 1:
-                points = self._same_step(remaining, None if limit is None else limit - ran)
-                ran += self._run_population([self._point_ask(point, len(grid)) for point in points])
-                continue
-            failed = {_key(t.params) for t in trials if t.state == TrialState.FAIL}
-            redo = [p for p in remaining if _key(p) in failed]
-            if redo:  # GridSampler counts a failed point as visited; ask for it again explicitly
-                self.study.enqueue_trial(redo[0])
-            trial = self.study.ask()
-            with self.liveness.alive(trial):
-                params = self._grid_params(trial)
-                if self._stand_down_if_taken(trial, lambda other: _key(_asked(other)) == _key(params), "point"):
-                    continue
-                self._train(trial, params, len(grid), ("point", _key(params)))
-            ran += 1
-        return ran
-
-    def _grid_params(self, trial: Any) -> dict[str, Any]:
-        params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
-        for name, values in self.spec.space.items():
-            params[name] = trial.suggest_categorical(name, list(values))
-        params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
-        return params
-
     def _step_key(self, params: dict[str, Any]) -> tuple:
         """Points with equal keys can share one step (see trainer.member_key)."""
         from gansweep.variants import get_variant
 
         return params["variant"], member_key(get_variant(params["variant"]).config(**self.spec.changes(params)))
-
-    def _same_step(self, points: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
-        """The first point and, in grid order, the points that can share its step, up to the population size
-        (and, on CUDA, to what fits in memory)."""
-        first = self._step_key(points[0])
-        size = self._fit(points[0], self.population if limit is None else min(self.population, limit))
-        return [p for p in points if self._step_key(p) == first][:size]
-
     def _fit(self, params: dict[str, Any], size: int) -> int:
         """At most `size` members like `params` (a sampled trial's: its variant at the study's settings), and on
         CUDA no more than fit in memory."""
@@ -126,33 +85,20 @@ class TrialRunner:
         variant = get_variant(params["variant"])
         return min(size, members_that_fit(variant, variant.config(**self.spec.changes(params)),
                                           self.data.record.image_shape, self.data.record.n_classes, device))
-
-    def _point_ask(self, point: dict[str, Any], total: int) -> Ask:
-        def ask(alive: contextlib.ExitStack) -> _Member | None:
-            self.study.enqueue_trial(point)
-            trial = self.study.ask()
-            alive.enter_context(self.liveness.alive(trial))
-            params = self._grid_params(trial)
-            if self._stand_down_if_taken(trial, lambda other: _key(_asked(other)) == _key(params), "point"):
-                return None
-            return self._prepare(trial, params, total, ("point", _key(params)))
-
-        return ask
-
     def _run_population(self, asks: list[Ask]) -> int:
         """Ask for each trial and train those not taken meanwhile together, grouped by the step they share (a
         trial asked for one point can be handed another: a worker's enqueued point, or one a dead process left
         waiting; a sampled one has its own structural settings) and by the epoch they resume from (a population
         steps in lockstep). A trial made ready but never trained, because an earlier group was interrupted or
         failed, is ended too, so that nothing stays RUNNING. Returns how many trials trained."""
-        members: list[_Member] = []
+        members: list[Member] = []
         handed: set[int] = set()
         with contextlib.ExitStack() as alive:
             try:
                 for ask in asks:
                     if (member := ask(alive)) is not None:
                         members.append(member)
-                groups: dict[tuple, list[_Member]] = {}
+                groups: dict[tuple, list[Member]] = {}
                 for member in members:
                     epoch = 0 if member.tracked.resume is None else member.tracked.resume["epoch"]
                     groups.setdefault((self._step_key(member.params), epoch), []).append(member)
@@ -219,106 +165,10 @@ class TrialRunner:
                 self.study.tell(trial, state=TrialState.FAIL)
                 return True
         return False
-
-    def run_sampled(self) -> int:
-        """The search: `trials` per variant, each trial given to the variant with the fewest so far, so every
-        variant gets the same budget, up to `population` of one variant asked for at once (TPE's constant liar
-        lets each see the others as running). Then, with `best_seeds`, each variant's best parameters again per
-        seed, once no search trial runs anywhere."""
-        spec, ran = self.spec, 0
-        total = (spec.trials or 0) * len(spec.variants) + len(spec.best_seeds) * len(spec.variants)
-        while True:
-            self._fail_dead()
-            if (variant := self._next_search_variant()) is not None:
-                left = (spec.trials or 0) - self._search_counts()[variant]
-                size = self._fit({"variant": variant}, min(self.population, left))
-                ran += self._run_population([self._search_ask(variant, total)] * size)
-            elif self._wait_for_others(lambda t: t.user_attrs.get("phase") == "search"):
-                continue
-            elif todo := self._reruns():
-                variant = todo[0][0].params["variant"]
-                same = [(best, seed) for best, seed in todo if best.params["variant"] == variant]
-                size = self._fit(todo[0][0].params, self.population)
-                ran += self._run_population([self._rerun_ask(best, seed, total) for best, seed in same[:size]])
-            elif self._wait_for_others(lambda t: True):
-                continue
-            else:
-                return ran
-
-    def _search_ask(self, variant: str, total: int) -> Ask:
-        def ask(alive: contextlib.ExitStack) -> _Member:
-            spec = self.spec
-            self.study.enqueue_trial({"variant": variant})
-            trial = self.study.ask()
-            alive.enter_context(self.liveness.alive(trial))
-            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
-            for name, values in spec.space.items():
-                params[name] = _suggest(trial, name, values)
-            params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
-            trial.set_user_attr("seed", params["seed"])
-            trial.set_user_attr("phase", "search")
-            return self._prepare(trial, params, total, ("search", variant))
-
-        return ask
-
-    def _rerun_ask(self, best: Any, seed: int, total: int) -> Ask:
-        """Re-run a variant's best parameters with `seed`; None where another process took it first."""
-        def ask(alive: contextlib.ExitStack) -> _Member | None:
-            spec = self.spec
-            self.study.enqueue_trial(best.params)
-            trial = self.study.ask()
-            alive.enter_context(self.liveness.alive(trial))
-            params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
-            params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
-            for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
-                trial.set_user_attr(key, value)
-            if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
-                                         and _asked(other).get("variant") == params["variant"]
-                                         and other.user_attrs.get("seed") == seed, "re-run"):
-                return None
-            return self._prepare(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
-
-        return ask
-
-    def _live(self, phase: str) -> list[Any]:
-        """Trials of a phase that count as done or under way (failed and interrupted ones are run again)."""
-        return [t for t in self.study.get_trials(deepcopy=False, states=LIVE) if t.user_attrs.get("phase") == phase]
-
-    def _search_counts(self) -> dict[str, int]:
-        counts = {v: 0 for v in self.spec.variants}
-        for t in self._live("search"):
-            counts[t.params.get("variant")] = counts.get(t.params.get("variant"), 0) + 1
-        return counts
-
-    def _next_search_variant(self) -> str | None:
-        counts = self._search_counts()
-        open_variants = [v for v in self.spec.variants if not self._given_up(("search", v))]
-        if not open_variants:
-            return None
-        variant = min(open_variants, key=lambda v: counts[v])
-        return variant if counts[variant] < (self.spec.trials or 0) else None
-
-    def _reruns(self) -> list[tuple[Any, int]]:
-        """(best search trial, seed) for every variant and best seed not yet re-run (nor given up)."""
-        if not self.spec.best_seeds:
-            return []
-        search = [t for t in self._live("search") if t.state == TrialState.COMPLETE]
-        done = {(t.params.get("variant"), t.user_attrs.get("seed")) for t in self._live("rerun")}
-        todo = []
-        for variant in self.spec.variants:
-            finished = [t for t in search if t.params.get("variant") == variant]
-            if not finished:
-                continue
-            sign = 1 if self.spec.objective.direction == "minimize" else -1
-            best = min(finished, key=lambda t: sign * t.value)
-            todo += [(best, seed) for seed in self.spec.best_seeds
-                     if (variant, seed) not in done and not self._given_up(("rerun", variant, seed))]
-        return todo
-
     def failures(self) -> tuple[str, ...]:
         """One line per grid point that failed in this invocation and has no finished or running trial now, and
         per search variant or re-run given up after its retries."""
-        live = {("point", _key(t.params)) for t in self.study.get_trials(deepcopy=False, states=LIVE)}
+        live = {("point", point_key(t.params)) for t in self.study.get_trials(deepcopy=False, states=LIVE)}
         return tuple(line for key, line in self.failed.items()
                      if (key not in live if key[0] == "point" else self._given_up(key)))
 
@@ -327,7 +177,7 @@ class TrialRunner:
         and MLflow how it ended; the caller keeps the trial visibly alive to other processes meanwhile."""
         self._train_together([self._prepare(trial, params, total, key)])
 
-    def _prepare(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> _Member:
+    def _prepare(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> Member:
         """The trial's MLflow run (new, or its point's earlier one to resume), config and hooks."""
         from gansweep.resume import resumable_attempt
         from gansweep.runs import TrackedMember
@@ -360,21 +210,21 @@ class TrialRunner:
             label += f" (resumed at epoch {resume.saved['epoch']})"
         extra = {"study": spec.name, "budget_unit": spec.budget_unit,
                  "objective": spec.objective.key, **{f"swept.{k}": v for k, v in params.items()}}
-        hooks: list[Hook] = [_OptunaReport(trial, spec.objective.key, spec.pruner)]
+        hooks: list[Hook] = [OptunaReport(trial, spec.objective.key, spec.pruner)]
         if spec.collapse_window:
-            hooks.append(_CollapseStop(spec.collapse_window))
+            hooks.append(CollapseStop(spec.collapse_window))
         recorded = _Recorded(self, trial)
         tracked = TrackedMember(run_id, config, extra, [*hooks, recorded], label if self.progress else None,
                                 None if resume is None else resume.saved)
-        return _Member(trial, params, key, f"trial {trial.number} ({variant.name} {swept})", variant, tracked,
+        return Member(trial, params, key, f"trial {trial.number} ({variant.name} {swept})", variant, tracked,
                        recorded)
 
-    def _train_together(self, members: list[_Member]) -> None:
+    def _train_together(self, members: list[Member]) -> None:
         """Train the members as one population (one step for all; each its own run). Each is recorded the moment
         it ends (`_Recorded`); an error of the population is that of every member not ended by then."""
         from gansweep.runs import tracked_population
 
-        def still_open() -> list[_Member]:
+        def still_open() -> list[Member]:
             return [m for m in members if not m.recorded.done]
 
         try:
@@ -435,7 +285,7 @@ class TrialRunner:
 
 
 @dataclass(frozen=True)
-class _Member:
+class Member:
     """A trial made ready to train: alone, or in a population with others of the same step."""
 
     trial: Any
@@ -466,63 +316,3 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return str(error) or "interrupted by the user"
     return f"{type(error).__name__}: {error}".splitlines()[0]
-
-
-def _suggest(trial: Any, name: str, values: Any) -> Any:
-    if not isinstance(values, Mapping):
-        return trial.suggest_categorical(name, list(values))
-    low, high, log = values["low"], values["high"], bool(values.get("log", False))
-    if isinstance(low, int) and isinstance(high, int) and not log:
-        return trial.suggest_int(name, low, high)
-    return trial.suggest_float(name, float(low), float(high), log=log)
-
-
-class _OptunaReport(Hook):
-    """Reports the objective to Optuna after every epoch and stops the trial when Optuna's pruner says so."""
-
-    def __init__(self, trial: Any, key: str, pruner: str):
-        self.trial, self.key, self.pruner = trial, key, pruner
-        self.reported: dict[int, float] = {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"reported": dict(self.reported)}
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        """A resumed run is a new Optuna trial: it is given the values its earlier trial reported."""
-        self.reported = dict(saved["reported"])
-        for epoch, value in self.reported.items():
-            self.trial.report(value, epoch)
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        value = state.scores.get(self.key)
-        if value is None or not math.isfinite(value):
-            return
-        self.reported[state.epoch] = value
-        self.trial.report(value, state.epoch)
-        if self.trial.should_prune():
-            raise StopTraining("pruned", f"{self.pruner} pruner: {self.key} {value:.4g} at epoch {state.epoch}")
-
-
-class _CollapseStop(Hook):
-    """Ends a trial whose samples are judged a mode collapse (collapse.py) for `window` evaluations in a row."""
-
-    def __init__(self, window: int):
-        self.window, self.run = window, 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"run": self.run}
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.run = saved["run"]
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        from gansweep.collapse import judge
-
-        scores = {k.removeprefix("score/"): v for k, v in state.scores.items() if k.startswith("score/")}
-        if "coverage" not in scores:
-            return
-        verdict = judge(scores, state.data.n_classes)
-        self.run = self.run + 1 if verdict is not None and verdict.kind == "mode_collapse" else 0
-        if self.run >= self.window:
-            raise StopTraining("collapsed", f"mode collapse for {self.window} evaluations, up to "
-                                            f"{verdict.note(state.epoch)}")

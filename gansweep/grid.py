@@ -1,0 +1,73 @@
+"""A grid study's trials: each point of the study's grid once, in the grid's order, points that share a step
+handed out together as a population."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from optuna.trial import TrialState
+
+from gansweep.trials import LIVE, Ask, Member, TrialRunner, asked_params, point_key
+
+__all__ = ["GridRunner"]
+
+
+class GridRunner(TrialRunner):
+    """Runs the grid's remaining points, taking over those of other processes that died."""
+
+    def run(self, limit: int | None) -> int:
+        """Run up to `limit` points (all that remain); returns how many trained."""
+        grid = self.spec.grid_points()
+        ran = 0
+        while limit is None or ran < limit:
+            self._fail_dead()
+            trials = self.study.get_trials(deepcopy=False)
+            taken = {point_key(t.params) for t in trials if t.state in LIVE}
+            remaining = [p for p in grid if point_key(p) not in taken and not self._given_up(("point", point_key(p)))]
+            if not remaining:
+                if limit is None and self._wait_for_others(lambda t: True):
+                    continue
+                break
+            if self.population > 1:
+                points = self._same_step(remaining, None if limit is None else limit - ran)
+                ran += self._run_population([self._point_ask(point, len(grid)) for point in points])
+                continue
+            failed = {point_key(t.params) for t in trials if t.state == TrialState.FAIL}
+            redo = [p for p in remaining if point_key(p) in failed]
+            if redo:  # GridSampler counts a failed point as visited; ask for it again explicitly
+                self.study.enqueue_trial(redo[0])
+            trial = self.study.ask()
+            with self.liveness.alive(trial):
+                params = self._grid_params(trial)
+                if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params), "point"):
+                    continue
+                self._train(trial, params, len(grid), ("point", point_key(params)))
+            ran += 1
+        return ran
+
+    def _grid_params(self, trial: Any) -> dict[str, Any]:
+        params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
+        for name, values in self.spec.space.items():
+            params[name] = trial.suggest_categorical(name, list(values))
+        params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
+        return params
+
+    def _same_step(self, points: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+        """The first point and, in grid order, the points that can share its step, up to the population size
+        (and, on CUDA, to what fits in memory)."""
+        first = self._step_key(points[0])
+        size = self._fit(points[0], self.population if limit is None else min(self.population, limit))
+        return [p for p in points if self._step_key(p) == first][:size]
+
+    def _point_ask(self, point: dict[str, Any], total: int) -> Ask:
+        def ask(alive: contextlib.ExitStack) -> Member | None:
+            self.study.enqueue_trial(point)
+            trial = self.study.ask()
+            alive.enter_context(self.liveness.alive(trial))
+            params = self._grid_params(trial)
+            if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params), "point"):
+                return None
+            return self._prepare(trial, params, total, ("point", point_key(params)))
+
+        return ask
