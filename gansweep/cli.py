@@ -187,7 +187,9 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     click.echo(f"\nstudy {outcome.optuna_study}: {outcome.ran} trial(s) run now, {len(outcome.table)} in all")
     click.echo(f"MLflow: {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     click.echo(f"Optuna: {outcome.storage}")
-    click.echo(f"browse: gansweep ui  ->  {experiment_url('127.0.0.1', 5000, outcome.experiment_id)}")
+    objective = outcome.spec.objective
+    url = experiment_url("127.0.0.1", 5000, outcome.experiment_id, objective.key, objective.direction == "minimize")
+    click.echo(f"browse: gansweep ui  ->  {url}")
     if outcome.failed:
         click.echo(f"{len(outcome.failed)} point(s) failed and were given up for now; run the study again to "
                    f"retry them. " + " | ".join(outcome.failed), err=True)

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -77,9 +78,14 @@ def study_parents(client: MlflowClient, name: str) -> list[Any]:
     return [r for r in runs if r.data.tags.get("gansweep.study") == name]
 
 
-def experiment_url(host: str, port: int, experiment: str) -> str:
-    """The run table of an experiment; workflowType avoids the GenAI view that hides runs."""
-    return f"http://{host}:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+def experiment_url(host: str, port: int, experiment: str, order_by: str | None = None,
+                   ascending: bool = True) -> str:
+    """The run table of an experiment, sorted by the metric `order_by` when given; workflowType avoids the
+    GenAI view that hides runs."""
+    url = f"http://{host}:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    if order_by is not None:
+        url += f"&orderByKey={quote(f'metrics.`{order_by}`', safe='')}&orderByAsc={str(ascending).lower()}"
+    return url
 
 
 def git_commit() -> str | None:
@@ -103,8 +109,8 @@ def slug(name: str) -> str:
 
 
 class MlflowHook(Hook):
-    """Records one training run in an existing MLflow run: params, step metrics in batches, per-epoch scores,
-    sample grids and checkpoints as they are written (`checkpoints_saved`), then a GIF of the grids and a loss
+    """Records one training run in an existing MLflow run: params, step metrics, per-epoch scores, sample grids
+    (as files and through MLflow's image logging, keyed `samples` by epoch) and checkpoints as they are written (`checkpoints_saved`), then a GIF of the grids and a loss
     figure.
 
     `work_dir` holds what the sample-grid and checkpoint hooks write; this hook copies it into the run's
@@ -174,7 +180,11 @@ class MlflowHook(Hook):
                                                     for k, v in epoch_metrics.items()])
         grid = self.work_dir / "samples" / f"epoch_{state.epoch:03d}.png"
         if grid.exists():
+            from PIL import Image
+
             self.client.log_artifact(self.run_id, str(grid), "samples")
+            with Image.open(grid) as image:  # MLflow's image logging: its run comparison lines up epochs
+                self.client.log_image(self.run_id, image.convert("RGB"), key="samples", step=state.epoch)
         self._tag_notes(state)
 
     def _tag_notes(self, state: TrainState) -> None:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from gansweep.runs import TrackedMember
     from gansweep.variants import Variant
 
-__all__ = ["TrialRunner", "Member", "Ask", "point_key", "asked_params", "LIVE", "WAIT_S"]
+__all__ = ["TrialRunner", "Member", "Ask", "point_key", "asked_params", "short_value", "LIVE", "WAIT_S"]
 
 WAIT_S = 2.0  # how often a process with nothing to hand out looks at other processes' running trials
 
@@ -185,8 +185,9 @@ class TrialRunner:
 
         spec = self.spec
         variant = get_variant(params["variant"])
-        swept = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in params.items() if k != "variant")
+        # what differs first, short enough for MLflow's run name column: gan lr=3e-4 s0 #017
+        swept = [f"{k}={short_value(v)}" for k, v in params.items() if k not in ("variant", "seed")]
+        name = " ".join([variant.name, *swept, f"s{params['seed']}", f"#{trial.number:03d}"])
         config = variant.config(**spec.changes(params))  # checked with the study file: cannot fail here
         environment = {k: str(v) for k, v in {**self.evaluator.params(),
                                               "device": str(self.data.train_images.device)}.items()}
@@ -196,8 +197,7 @@ class TrialRunner:
                 "gansweep.variant": variant.name, "gansweep.dataset": spec.dataset,
                 "gansweep.seed": str(params["seed"])}
         if resume is None:
-            run_id = self.client.create_run(self.experiment, run_name=f"{trial.number:03d} {variant.name} {swept}",
-                                            tags=tags).info.run_id
+            run_id = self.client.create_run(self.experiment, run_name=name, tags=tags).info.run_id
         else:  # the same MLflow run goes on, now under this trial
             run_id = resume.run_id  # tagged with this trial before it runs again, so nobody ends it as lost
             self.client.set_tag(run_id, "gansweep.trial", str(trial.number))
@@ -205,7 +205,7 @@ class TrialRunner:
             self.client.update_run(run_id, status="RUNNING")
             trial.set_user_attr("resumed_at_epoch", resume.saved["epoch"])
         trial.set_user_attr("mlflow_run_id", run_id)
-        label = f"trial {trial.number + 1}/{total} {variant.name} {swept}"
+        label = f"{name} of {total}"
         if resume is not None:
             label += f" (resumed at epoch {resume.saved['epoch']})"
         extra = {"study": spec.name, "budget_unit": spec.budget_unit,
@@ -216,8 +216,7 @@ class TrialRunner:
         recorded = _Recorded(self, trial)
         tracked = TrackedMember(run_id, config, extra, [*hooks, recorded], label if self.progress else None,
                                 None if resume is None else resume.saved)
-        return Member(trial, params, key, f"trial {trial.number} ({variant.name} {swept})", variant, tracked,
-                       recorded)
+        return Member(trial, params, key, f"trial {trial.number} ({name})", variant, tracked, recorded)
 
     def _train_together(self, members: list[Member]) -> None:
         """Train the members as one population (one step for all; each its own run). Each is recorded the moment
@@ -227,6 +226,9 @@ class TrialRunner:
         def still_open() -> list[Member]:
             return [m for m in members if not m.recorded.done]
 
+        for m in members:  # its wall time is shared with the others: how many is part of reading it
+            m.trial.set_user_attr("population", len(members))
+            self.client.set_tag(m.tracked.run_id, "gansweep.population", str(len(members)))
         try:
             tracked_population(self.client, members[0].variant, self.data, self.evaluator,
                                self.spec.objective.metric, [m.tracked for m in members])
@@ -309,6 +311,16 @@ class _Recorded(Hook):
         if result.status != "interrupted":
             self.runner._record(self.trial, result)
             self.done = True
+
+
+def short_value(value: Any) -> str:
+    """A swept value as a person writes it in a name: 3e-4, 0.5, 5."""
+    if not isinstance(value, float):
+        return str(value)
+    if value != 0 and abs(value) < 1e-2:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.3g}"
 
 
 def _reason(error: BaseException) -> str:

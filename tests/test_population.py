@@ -7,12 +7,13 @@ import dataclasses
 import pytest
 import torch
 
+from gansweep import population
 from gansweep.checkpoint import CheckpointHook
 from gansweep.errors import ConfigError
 from gansweep.trainer import Hook, StopTraining, train, train_population
 from gansweep.variants import get_variant
 
-from conftest import TINY
+from conftest import TINY, synthetic_dataset
 
 # Per variant: three members that differ in everything a member may (learning rates, smoothing, dropout,
 # penalty strength, clip value, seed). Losses without a real target take no smoothing.
@@ -29,6 +30,12 @@ MEMBERS = {
                 dict(lr=2e-4, gp_weight=5.0, seed=2, dropout=0.0)],
     "sngan": [dict(lr=2e-4, seed=0), dict(lr=1e-3, seed=1), dict(lr=5e-4, seed=2)],
 }
+
+
+@pytest.fixture(autouse=True)
+def vectorized(monkeypatch):
+    """The step CUDA runs: the members vmapped, here on the CPU too (which otherwise steps them in turn)."""
+    monkeypatch.setattr(population, "VECTORIZE_ON_CPU", True)
 
 
 @pytest.fixture
@@ -94,6 +101,23 @@ def test_each_member_of_a_population_of_three_is_its_run_alone(tiny_data, name):
         _assert_same_run(record, _alone(variant, config, tiny_data))
     # the members really differ: one network per member, not three copies of one
     assert len({float(r.weights["g." + next(iter(records[0].weights)).removeprefix("g.")].sum()) for r in records}) == 3
+
+
+@pytest.mark.parametrize("name", ["gan", "dcgan", "wgan-gp"])
+def test_on_the_cpu_a_member_is_its_run_alone_bit_for_bit_in_float32(monkeypatch, name):
+    """Members stepped in turn on their slices of the stack: the same kernels on the same values as alone, so
+    every logged value, every weight and the sample grid are equal, not merely close."""
+    monkeypatch.setattr(population, "VECTORIZE_ON_CPU", False)
+    data = synthetic_dataset()
+    variant, configs = _configs(name)
+    records = [Record() for _ in configs]
+    train_population(variant, configs, data, [[r] for r in records], [None] * len(configs))
+    for record, config in zip(records, configs):
+        alone = _alone(variant, config, data)
+        assert record.result.steps == alone.result.steps and record.metrics == alone.metrics
+        assert record.weights.keys() == alone.weights.keys()
+        assert all(torch.equal(record.weights[k], w) for k, w in alone.weights.items())
+        assert torch.equal(record.samples, alone.samples)
 
 
 def test_a_member_that_diverges_ends_at_its_step_and_the_others_go_on_as_alone(tiny_data):

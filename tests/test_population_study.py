@@ -1,5 +1,6 @@
 """A study trained in populations records the same study as one trained a trial at a time: trials, child runs,
-their metrics and artifacts, and scores within float tolerance. Read back through Optuna's and MLflow's APIs."""
+their metrics and artifacts, and scores (on the CPU, where members are stepped in turn, exactly). Read back
+through Optuna's and MLflow's APIs."""
 
 from __future__ import annotations
 
@@ -51,22 +52,24 @@ def test_a_study_in_one_population_records_the_same_study_as_one_trial_at_a_time
         other = four_points[point]
         assert (other.state, other.user_attrs["status"], other.user_attrs["g_steps"]) == \
             (trial.state, trial.user_attrs["status"], trial.user_attrs["g_steps"])
-        assert other.value == pytest.approx(trial.value, rel=1e-3)
+        assert other.value == trial.value
         run, other_run = (client.get_run(t.user_attrs["mlflow_run_id"])
                           for client, t in ((one_client, trial), (four_client, other)))
         assert other_run.info.status == run.info.status == "FINISHED"
+        assert (other.user_attrs["population"], other_run.data.tags["gansweep.population"]) == (3, "3")
+        assert (trial.user_attrs["population"], run.data.tags["gansweep.population"]) == (1, "1")
         assert other_run.data.params == run.data.params
         assert other_run.data.metrics.keys() == run.data.metrics.keys()
         for key in ("loss/d", "loss/g", "score/fid_proxy"):
             mine = [m.value for m in one_client.get_metric_history(run.info.run_id, key)]
             theirs = [m.value for m in four_client.get_metric_history(other_run.info.run_id, key)]
-            assert theirs == pytest.approx(mine, rel=1e-3, abs=1e-4), key
+            assert theirs == mine, key
         assert _artifacts(four_client, other_run.info.run_id) == _artifacts(one_client, run.info.run_id)
     # trained together: every trial of the population started before any ended; alone, one after another
     assert max(t.datetime_start for t in four_trials) < min(t.datetime_complete for t in four_trials)
     ordered = sorted(one_trials, key=lambda t: t.datetime_start)
     assert all(a.datetime_complete <= b.datetime_start for a, b in zip(ordered, ordered[1:]))
-    assert four.table["fid_proxy"].tolist() == pytest.approx(one.table["fid_proxy"].tolist(), rel=1e-3)
+    assert four.table["fid_proxy"].tolist() == one.table["fid_proxy"].tolist()
 
 
 @pytest.mark.parametrize("value", ["auto", "1", "7"])
@@ -132,7 +135,7 @@ def test_a_sampled_study_asks_for_a_population_of_trials_at_once(tmp_path, monke
     assert [(t.params, t.user_attrs["seed"], t.user_attrs["phase"], t.state) for t in together] == \
         [(t.params, t.user_attrs["seed"], t.user_attrs["phase"], t.state) for t in alone]
     assert [t.user_attrs["seed"] for t in together[3:]] == [5, 6]
-    assert [t.value for t in together] == pytest.approx([t.value for t in alone], rel=1e-3)
+    assert [t.value for t in together] == [t.value for t in alone]
     for batch in (together[:3], together[3:]):
         assert max(t.datetime_start for t in batch) < min(t.datetime_complete for t in batch)
     assert all(a.datetime_complete <= b.datetime_start for a, b in zip(alone, alone[1:]))

@@ -78,6 +78,8 @@ def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
     (trial,) = trials()
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
+    lr = {1e-4: "1e-4", 3e-4: "3e-4", 1e-3: "1e-3"}[trial.params["lr"]]
+    assert child.info.run_name == f"gan lr={lr} s0 #{trial.number:03d}"  # what differs first, then seed and trial
     assert child.data.tags["gansweep.trial"] == str(trial.number)
 
     params = child.data.params
@@ -98,6 +100,14 @@ def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
                  for a in client.list_artifacts(child.info.run_id, folder)}
     assert artifacts == {"samples/epoch_001.png", "samples/epoch_002.png", "samples/grids.gif",
                          "checkpoints/last.pt", "checkpoints/best.pt", "plots/losses.png"}
+    # the same grids through MLflow's image logging, keyed by epoch, which its run comparison lines up
+    pngs = {int(a.path.split("+")[2]): a.path for a in client.list_artifacts(child.info.run_id, "images")
+            if a.path.startswith("images/samples+step+") and a.path.endswith(".png")}
+    assert sorted(pngs) == [1, 2]
+    (store / "logged").mkdir(), (store / "grid").mkdir()
+    logged = client.download_artifacts(child.info.run_id, pngs[1], str(store / "logged"))
+    grid = client.download_artifacts(child.info.run_id, "samples/epoch_001.png", str(store / "grid"))
+    assert Image.open(logged).convert("RGB").tobytes() == Image.open(grid).convert("RGB").tobytes()
 
     out = store / "grid.png"
     sampled = invoke("sample", child.info.run_id, "--n", "16", "-o", out)
