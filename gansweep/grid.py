@@ -19,6 +19,10 @@ class GridRunner(TrialRunner):
     def run(self, limit: int | None) -> int:
         """Run up to `limit` points (all that remain); returns how many trained."""
         grid = self.spec.grid_points()
+        with self.showing(len(grid)):
+            return self._hand_out(grid, limit)
+
+    def _hand_out(self, grid: list[dict[str, Any]], limit: int | None) -> int:
         ran = 0
         while limit is None or ran < limit:
             self._fail_dead()
@@ -31,7 +35,7 @@ class GridRunner(TrialRunner):
                 break
             if self.population > 1:
                 points = self._same_step(remaining, None if limit is None else limit - ran)
-                ran += self._run_population([self._point_ask(point, len(grid)) for point in points])
+                ran += self._run_population([self._point_ask(point) for point in points])
                 continue
             failed = {point_key(t.params) for t in trials if t.state == TrialState.FAIL}
             redo = [p for p in remaining if point_key(p) in failed]
@@ -42,7 +46,7 @@ class GridRunner(TrialRunner):
                 params = self._grid_params(trial)
                 if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params), "point"):
                     continue
-                self._train(trial, params, len(grid), ("point", point_key(params)))
+                self._train(trial, params, ("point", point_key(params)))
             ran += 1
         return ran
 
@@ -60,7 +64,7 @@ class GridRunner(TrialRunner):
         size = self._fit(points[0], self.population if limit is None else min(self.population, limit))
         return [p for p in points if self._step_key(p) == first][:size]
 
-    def _point_ask(self, point: dict[str, Any], total: int) -> Ask:
+    def _point_ask(self, point: dict[str, Any]) -> Ask:
         def ask(alive: contextlib.ExitStack) -> Member | None:
             self.study.enqueue_trial(point)
             trial = self.study.ask()
@@ -68,6 +72,6 @@ class GridRunner(TrialRunner):
             params = self._grid_params(trial)
             if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params), "point"):
                 return None
-            return self._prepare(trial, params, total, ("point", point_key(params)))
+            return self._prepare(trial, params, ("point", point_key(params)))
 
         return ask

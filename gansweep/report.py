@@ -1,11 +1,13 @@
 """The study report: a page that puts the comparison table and the figures (figures.py) together.
 
-Everything is read from MLflow (runs, metric histories, sample-grid artifacts), written into a new folder, and
+The page is self-contained (its pictures embedded), so it renders the same from disk, from MLflow's artifact view
+and when mailed; the pictures are also written beside it, for report.md. Everything is read from MLflow (runs, metric histories, sample-grid artifacts), written into a new folder, and
 logged as artifacts of the study's parent run under report/.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -13,6 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gansweep.errors import GansweepError
 from gansweep.store import Store
@@ -55,10 +58,12 @@ const grids = {grids};
 const slider = document.getElementById("epoch");
 function show(epoch) {{
   document.getElementById("epoch-label").textContent = "epoch " + epoch;
-  for (const [id, frames] of Object.entries(grids)) {{
-    const img = document.getElementById("grid-" + id);
-    const e = Math.min(epoch, frames.length);
-    if (e > 0) img.src = frames[e - 1];
+  for (const [id, grid] of Object.entries(grids)) {{
+    const e = Math.min(epoch, grid.frames.length);
+    if (e > 0) {{
+      document.getElementById("grid-" + id).src = grid.frames[e - 1];
+      document.getElementById("caption-" + id).textContent = grid.captions[e - 1];
+    }}
   }}
 }}
 slider.addEventListener("input", () => show(Number(slider.value)));
@@ -79,19 +84,32 @@ img.plot {{ max-width: 100%; }}
 <p>{description}</p>
 <h2>Trials</h2>
 {table}
-<h2>Sensitivity</h2><img class="plot" src="sensitivity.png" alt="sensitivity">
+<h2>Sensitivity</h2><img class="plot" src="{sensitivity}" alt="sensitivity">
 <p>{objective} on the test slice after training ({better} is better): the mean over seeds, the band one standard
 deviation over seeds either side; x marks a trial that diverged, collapsed or was pruned.</p>
-<h2>Scores over epochs</h2><img class="plot" src="scores.png" alt="scores over epochs">
+<h2>Scores over epochs</h2><img class="plot" src="{scores}" alt="scores over epochs">
 <p>{objective} on the test slice after every epoch, a line per trial coloured by {colour}. The dashed line is the
 real-data floor (training images against the test slice), the grey band its standard deviation over draws.</p>
-<h2>Losses</h2><img class="plot" src="losses.png" alt="loss curves">
+<h2>Losses</h2><img class="plot" src="{losses}" alt="loss curves">
 <p>Each trial's losses, smoothed (an exponential moving average); the raw values are the faint lines behind.</p>
-<h2>Final samples of every trial</h2><img class="plot" src="contact_sheet.png" alt="contact sheet">
+<h2>Final samples of every trial</h2><img class="plot" src="{contact_sheet}" alt="contact sheet">
 {best}
 {slider}
 </body></html>
 """
+
+
+def _embedded(path: Path) -> str:
+    """A picture as a data URI: the page shows it from disk, from MLflow's artifact view and when mailed."""
+    mime = {".png": "image/png", ".gif": "image/gif"}[path.suffix]
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _captions(row: Any, axis: str | None, metric: str, epochs: int, scores: dict[int, float]) -> list[str]:
+    """A trial's grid caption at each epoch: what it ran, then its test score at that epoch."""
+    what = label(row, axis, metric).splitlines()[0]
+    return [f"{what}, epoch {e}: " + (f"{metric} {scores[e]:.3g}" if e in scores else "not scored")
+            for e in range(1, epochs + 1)]
 
 
 def write_report(store: Store, study: str, out: Path | None = None, mixed_scoring: bool = False) -> ReportOutcome:
@@ -141,20 +159,26 @@ def write_report(store: Store, study: str, out: Path | None = None, mixed_scorin
         if gif.exists():
             shutil.copyfile(gif, directory / "best.gif")
             best_html = (f"<h2>Best trial over epochs</h2><p>trial {best['trial']} ({best['variant']}), "
-                         f"{metric} {best[metric]:.4g}</p><img src=\"best.gif\" alt=\"best trial\">")
+                         f"{metric} {best[metric]:.4g}</p><img src=\"{_embedded(directory / 'best.gif')}\" "
+                         f"alt=\"best trial\">")
 
-    cells = "".join(f'<figure><img id="grid-{rid[:8]}" src="{paths[-1]}" width="180"><figcaption>'
-                    f"{html.escape(label(table[table['run_id'] == rid].iloc[0], axis, metric))}"
-                    f"</figcaption></figure>" for rid, paths in frames.items())
+    grids = {rid[:8]: {"frames": [_embedded(directory / p) for p in paths],
+                       "captions": _captions(table[table["run_id"] == rid].iloc[0], axis, metric, len(paths),
+                                             dict(histories[rid][f"test/{metric}"]))}
+             for rid, paths in frames.items()}
+    cells = "".join(f'<figure><img id="grid-{rid}" src="{grid["frames"][-1]}" width="180">'
+                    f'<figcaption id="caption-{rid}">{html.escape(grid["captions"][-1])}</figcaption></figure>'
+                    for rid, grid in grids.items())
     max_epoch = max((len(p) for p in frames.values()), default=1)
-    slider = _SLIDER.format(max_epoch=max_epoch, cells=cells,
-                            grids=json.dumps({rid[:8]: paths for rid, paths in frames.items()}))
+    slider = _SLIDER.format(max_epoch=max_epoch, cells=cells, grids=json.dumps(grids))
     description = html.escape(parent.data.params.get("description", ""))
     (directory / "report.html").write_text(_PAGE.format(
         title=f"gansweep study {html.escape(study)}", description=description, table=render(table, "html"),
         best=best_html, slider=slider, objective=html.escape(metric),
         better="lower" if direction == "minimize" else "higher",
-        colour=html.escape(f"{axis} (line style: variant)" if palette.numeric else "variant")))
+        colour=html.escape(f"{axis} (line style: variant)" if palette.numeric else "variant"),
+        **{name: _embedded(directory / f"{name}.png") for name in ("sensitivity", "scores", "losses",
+                                                                   "contact_sheet")}))
     pictures = ["sensitivity.png", "scores.png", "losses.png", "contact_sheet.png"] + \
         (["best.gif"] if best_html else [])
     markdown = [f"# gansweep study {study}", "", parent.data.params.get("description", ""), "",

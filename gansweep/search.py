@@ -22,27 +22,32 @@ class SearchRunner(TrialRunner):
         variant gets the same budget, up to `population` of one variant asked for at once (TPE's constant liar
         lets each see the others as running). Then, with `best_seeds`, each variant's best parameters again per
         seed, once no search trial runs anywhere."""
-        spec, ran = self.spec, 0
+        spec = self.spec
         total = (spec.trials or 0) * len(spec.variants) + len(spec.best_seeds) * len(spec.variants)
+        with self.showing(total):
+            return self._hand_out()
+
+    def _hand_out(self) -> int:
+        spec, ran = self.spec, 0
         while True:
             self._fail_dead()
             if (variant := self._next_search_variant()) is not None:
                 left = (spec.trials or 0) - self._search_counts()[variant]
                 size = self._fit({"variant": variant}, min(self.population, left))
-                ran += self._run_population([self._search_ask(variant, total)] * size)
+                ran += self._run_population([self._search_ask(variant)] * size)
             elif self._wait_for_others(lambda t: t.user_attrs.get("phase") == "search"):
                 continue
             elif todo := self._reruns():
                 variant = todo[0][0].params["variant"]
                 same = [(best, seed) for best, seed in todo if best.params["variant"] == variant]
                 size = self._fit(todo[0][0].params, self.population)
-                ran += self._run_population([self._rerun_ask(best, seed, total) for best, seed in same[:size]])
+                ran += self._run_population([self._rerun_ask(best, seed) for best, seed in same[:size]])
             elif self._wait_for_others(lambda t: True):
                 continue
             else:
                 return ran
 
-    def _search_ask(self, variant: str, total: int) -> Ask:
+    def _search_ask(self, variant: str) -> Ask:
         def ask(alive: contextlib.ExitStack) -> Member:
             spec = self.spec
             self.study.enqueue_trial({"variant": variant})
@@ -54,11 +59,11 @@ class SearchRunner(TrialRunner):
             params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
             trial.set_user_attr("seed", params["seed"])
             trial.set_user_attr("phase", "search")
-            return self._prepare(trial, params, total, ("search", variant))
+            return self._prepare(trial, params, ("search", variant))
 
         return ask
 
-    def _rerun_ask(self, best: Any, seed: int, total: int) -> Ask:
+    def _rerun_ask(self, best: Any, seed: int) -> Ask:
         """Re-run a variant's best parameters with `seed`; None where another process took it first."""
         def ask(alive: contextlib.ExitStack) -> Member | None:
             spec = self.spec
@@ -73,7 +78,7 @@ class SearchRunner(TrialRunner):
                                          and asked_params(other).get("variant") == params["variant"]
                                          and other.user_attrs.get("seed") == seed, "re-run"):
                 return None
-            return self._prepare(trial, {**params, "seed": seed}, total, ("rerun", params["variant"], seed))
+            return self._prepare(trial, {**params, "seed": seed}, ("rerun", params["variant"], seed))
 
         return ask
 

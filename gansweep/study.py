@@ -13,6 +13,7 @@ import functools
 import secrets
 import signal
 import sys
+import warnings
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -117,6 +118,7 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     from gansweep.trainer import resolve_device
     from gansweep.grid import GridRunner
     from gansweep.search import SearchRunner
+    from gansweep.summary import record_summary
 
     spec = options.apply(spec)
     device = resolve_device(options.device)
@@ -157,9 +159,15 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
         except BaseException as e:
             _end_parent(client, parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
+    table = ranked_table(study, spec)
+    try:
+        record_summary(client, parent_id, study, spec, table)
+    except Exception as e:  # every trial is recorded already: a summary that cannot be written costs nothing else
+        print(f"warning: the study's summary could not be logged to its parent run: "
+              f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
     _end_parent(client, parent_id, "FAILED" if failed else "FINISHED")  # FAILED: points are left to retry
-    return StudyOutcome(spec, study.study_name, store.storage, store.tracking_uri, experiment, parent_id,
-                        ranked_table(study, spec), ran, failed)
+    return StudyOutcome(spec, study.study_name, store.storage, store.tracking_uri, experiment, parent_id, table,
+                        ran, failed)
 
 
 def population_size(population: str, device: Any) -> int:
@@ -241,6 +249,9 @@ def _optuna_study(storage: Any, spec: StudySpec, name: str) -> tuple[Any, bool]:
         return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec, seed),
                                  pruner=_pruner(spec)), False
     study.set_user_attr("sampler_seed", spec.sampler_seed)
+    with warnings.catch_warnings():  # experimental since optuna 3.2, unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.objective.metric])  # what optuna-dashboard names the objective
     return study, True
 
 

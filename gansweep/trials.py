@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +26,12 @@ from gansweep.liveness import Liveness, is_lost
 from gansweep.population import members_that_fit
 from gansweep.resume import RESUMABLE_ATTR
 from gansweep.spec import StudySpec
+from gansweep.summary import record_counts
 from gansweep.trial_hooks import CollapseStop, OptunaReport
 from gansweep.trainer import Hook, TrainResult, TrainState, member_key
 
 if TYPE_CHECKING:
+    from gansweep.progress import StudyProgress
     from gansweep.runs import TrackedMember
     from gansweep.variants import Variant
 
@@ -68,6 +70,28 @@ class TrialRunner:
         self.failed: dict[tuple, str] = {}  # point -> its latest failure, as a line for the summary
         self.ended_lost: set[int] = set()  # lost trials whose MLflow run this process has seen ended
         self.waiting = False
+        self.shown: StudyProgress | None = None
+
+    @contextlib.contextmanager
+    def showing(self, total: int) -> Iterator[None]:
+        """The study's progress (trials ended of `total`, best so far, ETA) while trials are handed out."""
+        from gansweep.progress import StudyProgress
+
+        if self.progress:
+            ended, best = record_counts(self.client, self.parent_id, self.study, self.spec)
+            self.shown = StudyProgress(self.spec.name, total, ended, self.spec.objective.metric)
+        try:
+            yield
+        finally:
+            if self.shown is not None:
+                self.shown.close()
+                self.shown = None
+
+    def _counted(self) -> None:
+        """A trial has ended: the parent's counts, and the progress shown."""
+        ended, best = record_counts(self.client, self.parent_id, self.study, self.spec)
+        if self.shown is not None:
+            self.shown.trial_ended(ended, best)
 
     def _step_key(self, params: dict[str, Any]) -> tuple:
         """Points with equal keys can share one step (see trainer.member_key)."""
@@ -172,12 +196,12 @@ class TrialRunner:
         return tuple(line for key, line in self.failed.items()
                      if (key not in live if key[0] == "point" else self._given_up(key)))
 
-    def _train(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> None:
+    def _train(self, trial: Any, params: dict[str, Any], key: tuple) -> None:
         """Train the trial (from its point's last checkpoint, when an earlier attempt left one) and tell Optuna
         and MLflow how it ended; the caller keeps the trial visibly alive to other processes meanwhile."""
-        self._train_together([self._prepare(trial, params, total, key)])
+        self._train_together([self._prepare(trial, params, key)])
 
-    def _prepare(self, trial: Any, params: dict[str, Any], total: int, key: tuple) -> Member:
+    def _prepare(self, trial: Any, params: dict[str, Any], key: tuple) -> Member:
         """The trial's MLflow run (new, or its point's earlier one to resume), config and hooks."""
         from gansweep.resume import resumable_attempt
         from gansweep.runs import TrackedMember
@@ -205,7 +229,7 @@ class TrialRunner:
             self.client.update_run(run_id, status="RUNNING")
             trial.set_user_attr("resumed_at_epoch", resume.saved["epoch"])
         trial.set_user_attr("mlflow_run_id", run_id)
-        label = f"{name} of {total}"
+        label = name
         if resume is not None:
             label += f" (resumed at epoch {resume.saved['epoch']})"
         extra = {"study": spec.name, "budget_unit": spec.budget_unit,
@@ -262,6 +286,7 @@ class TrialRunner:
             self.study.tell(trial, objective)
         else:  # pruned, diverged, collapsed: a finished point of the grid, with its reason, never re-run
             self.study.tell(trial, state=TrialState.PRUNED)
+        self._counted()
 
     def _fail(self, trial: Any, run_id: str, key: tuple, what: str, reason: str) -> None:
         self.attempts[key] += 1
@@ -280,6 +305,7 @@ class TrialRunner:
             self.study.tell(trial, state=TrialState.FAIL)
             if self.client.get_run(run_id).info.status == "RUNNING":
                 end_run(self.client, run_id, status, reason)
+            self._counted()
         except Exception as e:
             print(f"warning: trial {trial.number} ended ({status}: {reason}) but could not be recorded: "
                   f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}; it will be run again",

@@ -1,5 +1,7 @@
 """Comparison: export tables, the study report, sampling and interpolation, all read back from a real store."""
 
+import base64
+import io
 import json
 import math
 
@@ -143,17 +145,25 @@ def test_report_writes_the_page_and_logs_it_to_the_parent(in_store, tmp_path):
     out = tmp_path / "report"
     outcome = write_report(resolve_store(), "small", out)
     page = (out / "report.html").read_text()
+    # self-contained: every picture is in the page itself, byte for byte the file written beside it
+    sources = __import__("re").findall(r'src="([^"]+)"', page)
+    assert sources and all(src.startswith("data:image/") for src in sources)
+    embedded = [base64.b64decode(src.split(",", 1)[1]) for src in sources]
     for name in ("sensitivity.png", "scores.png", "losses.png", "contact_sheet.png", "best.gif"):
-        assert f'src="{name}"' in page
-        assert (out / name).stat().st_size > 0
+        assert (out / name).read_bytes() in embedded, name
     assert Image.open(out / "sensitivity.png").size == (700, 420)
     assert Image.open(out / "best.gif").n_frames == 2
-    for src in __import__("re").findall(r'src="([^"]+)"', page):  # every picture the page shows is there
-        Image.open(out / src).verify()
+    for picture in embedded:
+        Image.open(io.BytesIO(picture)).verify()
     grids = json.loads(page.split("const grids = ")[1].split(";\n")[0])
-    assert len(grids) == 4 and all(len(frames) == 2 for frames in grids.values())
-    assert "| run_id" in (out / "report.md").read_text()
+    assert len(grids) == 4 and all(len(g["frames"]) == len(g["captions"]) == 2 for g in grids.values())
     client = MlflowClient(resolve_store().tracking_uri)
+    for run_id8, grid in grids.items():  # the slider's captions follow the epoch, with that epoch's test score
+        (run,) = [r for r in find_runs(client, study="small")[0] if r.info.run_id.startswith(run_id8)]
+        scores = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test/fid_proxy")}
+        assert [c.rsplit("fid_proxy ", 1)[1] for c in grid["captions"]] == [f"{scores[e]:.3g}" for e in (1, 2)]
+        assert [c.split(", epoch ")[1].split(":")[0] for c in grid["captions"]] == ["1", "2"]
+    assert "| run_id" in (out / "report.md").read_text()
     logged = {a.path for a in client.list_artifacts(outcome.parent_run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/sensitivity.png"} <= logged
     again = invoke("report", "small", "-o", out)

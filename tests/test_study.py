@@ -3,6 +3,7 @@
 import re
 
 import optuna
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -77,7 +78,17 @@ def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
 
     (trial,) = trials()
     assert trial.state == TrialState.COMPLETE
+    assert optuna.load_study(study_name="tiny", storage=resolve_store().optuna()).metric_names == ["fid_proxy"]
     assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
+    # the parent run summarises the study: counts and the best trial as metrics, the table, the key pictures
+    summary = client.get_run(parent.info.run_id).data.metrics
+    assert summary["trials/finished"] == 1 and summary["trials/diverged"] == summary["trials/failed"] == 0
+    assert summary["best/score/fid_proxy"] == trial.value and summary["best/trial"] == trial.number
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert logged == {"summary/trials.csv", "summary/sensitivity.png", "summary/contact_sheet.png"}
+    (store / "summary").mkdir()
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary/trials.csv", str(store / "summary")))
+    assert table["run_id"].tolist() == [child.info.run_id] and table["fid_proxy_val"].tolist() == [trial.value]
     lr = {1e-4: "1e-4", 3e-4: "3e-4", 1e-3: "1e-3"}[trial.params["lr"]]
     assert child.info.run_name == f"gan lr={lr} s0 #{trial.number:03d}"  # what differs first, then seed and trial
     assert child.data.tags["gansweep.trial"] == str(trial.number)
@@ -123,6 +134,9 @@ def test_resume_runs_only_the_remaining_points(store):
     assert first.ran == 1
     rest = run_study(spec, StudyOptions(device="cpu", progress=False))
     assert rest.ran == 2 and rest.parent_run_id == first.parent_run_id
+    client = MlflowClient(resolve_store().tracking_uri)
+    finished = client.get_metric_history(rest.parent_run_id, "trials/finished")  # kept current as trials end
+    assert sorted((m.step, m.value) for m in finished)[-3:] == [(1, 1), (2, 2), (3, 3)]
     done = [t for t in trials() if t.state == TrialState.COMPLETE]
     assert sorted(t.params["lr"] for t in done) == [1e-4, 3e-4, 1e-3]
     assert run_study(spec, StudyOptions(device="cpu", progress=False)).ran == 0
