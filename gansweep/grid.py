@@ -44,7 +44,8 @@ class GridRunner(TrialRunner):
             trial = self.study.ask()
             with self.liveness.alive(trial):
                 params = self._grid_params(trial)
-                if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params), "point"):
+                if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params),
+                                             "point"):
                     continue
                 self._train(trial, params, ("point", point_key(params)))
             ran += 1
@@ -70,7 +71,8 @@ class GridRunner(TrialRunner):
             trial = self.study.ask()
             alive.enter_context(self.liveness.alive(trial))
             params = self._grid_params(trial)
-            if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params), "point"):
+            if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params),
+                                         "point"):
                 return None
             return self._prepare(trial, params, ("point", point_key(params)))
 

@@ -1,18 +1,18 @@
 """K runs of one variant trained as one: their networks stacked along a leading member axis, one step for all.
 
-The step is a function of the stacked state (G's and D's parameters and buffers, the optimizers' moments) and
-of per-member hyperparameter tensors (learning rates, betas, real target, dropout rate, penalty strength, clip
-value), applied with `torch.func.functional_call` under `torch.func.vmap` over the members on CUDA, where one batched
-kernel instead of K small ones is the point. On the CPU the same function is called on each member's slice in
-turn (`VECTORIZE_ON_CPU`): there vmap gains little or nothing and its batched kernels round differently, while
-a member stepped alone is bit for bit the run alone, so a study gives the same table whatever its population
-size. A population of one is never vmapped. Every random draw is made outside vmap from each member's own generators, in the order a run alone makes it, so a member trains the
-same network, step for step, as the same run trained alone. Nothing in the step syncs with the host or changes
-shape from step to step.
+The step is a function of the stacked state (G's and D's parameters and buffers, the optimizers' moments) and of
+per-member hyperparameter tensors (learning rates, betas, real target, dropout rate, penalty strength, clip value),
+applied with `torch.func.functional_call` under `torch.func.vmap` over the members on CUDA, where one batched kernel
+instead of K small ones is the point. On the CPU the same function is called on each member's slice in turn
+(`VECTORIZE_ON_CPU`): there vmap gains little or nothing and its batched kernels round differently, while a member
+stepped alone is bit for bit the run alone, so a study gives the same table whatever its population size. A
+population of one is never vmapped. Every random draw is made outside vmap from each member's own generators, in the
+order a run alone makes it, so a member trains the same network, step for step, as the same run trained alone.
+Nothing in the step syncs with the host or changes shape from step to step.
 
-Each member keeps a plain G and D (`Population.g[k]`, `.d[k]`) whose tensors are views of its slice of the
-stack while it trains: hooks, checkpoints and scores see an ordinary module, always current. A member that ends
-gets copies of its own, which the others' steps no longer reach.
+Each member keeps a plain G and D (`Population.g[k]`, `.d[k]`) whose tensors are views of its slice of the stack
+while it trains: hooks, checkpoints and scores see an ordinary module, always current. A member that ends gets copies
+of its own, which the others' steps no longer reach.
 """
 
 from __future__ import annotations

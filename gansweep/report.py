@@ -1,8 +1,9 @@
 """The study report: a page that puts the comparison table and the figures (figures.py) together.
 
-The page is self-contained (its pictures embedded), so it renders the same from disk, from MLflow's artifact view
-and when mailed; the pictures are also written beside it, for report.md. Everything is read from MLflow (runs, metric histories, sample-grid artifacts), written into a new folder, and
-logged as artifacts of the study's parent run under report/.
+The page is self-contained (its pictures embedded), so it renders the same from disk, from MLflow's artifact view and
+when mailed; the pictures are also written beside it, for report.md. Everything is read from MLflow (runs, metric
+histories, sample-grid artifacts), written into a new folder, and logged as artifacts of the study's parent run under
+report/.
 """
 
 from __future__ import annotations

@@ -109,14 +109,14 @@ def slug(name: str) -> str:
 
 
 class MlflowHook(Hook):
-    """Records one training run in an existing MLflow run: params, step metrics, per-epoch scores, sample grids
-    (as files and through MLflow's image logging, keyed `samples` by epoch) and checkpoints as they are written (`checkpoints_saved`), then a GIF of the grids and a loss
-    figure.
+    """Records one training run in an existing MLflow run: params, step metrics, per-epoch scores, sample grids (as
+    files and through MLflow's image logging, keyed `samples` by epoch) and checkpoints as they are written
+    (`checkpoints_saved`), then a GIF of the grids and a loss figure.
 
-    `work_dir` holds what the sample-grid and checkpoint hooks write; this hook copies it into the run's
-    artifacts. Step metrics are one point per window of `log_every` G steps (`EXTREMES`), handed to MLflow's
-    asynchronous logging so that the loop does not wait on the store; they are waited for at every epoch's end,
-    before anything (scores, checkpoints, the run's end) that a resume or a reader would take as covering them.
+    `work_dir` holds what the sample-grid and checkpoint hooks write; this hook copies it into the run's artifacts.
+    Step metrics are one point per window of `log_every` G steps (`EXTREMES`), handed to MLflow's asynchronous
+    logging so that the loop does not wait on the store; they are waited for at every epoch's end, before
+    anything (scores, checkpoints, the run's end) that a resume or a reader would take as covering them.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, work_dir: Path, objective: str,

@@ -126,7 +126,8 @@ def test_a_sampled_study_asks_for_a_population_of_trials_at_once(tmp_path, monke
         (folder / "studies").mkdir(parents=True)
         monkeypatch.chdir(folder)
         path = folder / "studies" / "tiny.toml"
-        path.write_text(TINY_STUDY.format(extra="trials = 3\nbest_seeds = [5, 6]").replace('sampler = "grid"', 'sampler = "tpe"'))
+        path.write_text(TINY_STUDY.format(extra="trials = 3\nbest_seeds = [5, 6]")
+                        .replace('sampler = "grid"', 'sampler = "tpe"'))
         outcome = run_study(load_spec(path), StudyOptions(device="cpu", progress=False, population=population))
         trials = optuna.load_study(study_name=outcome.optuna_study, storage=resolve_store().optuna()).get_trials()
         runs[population] = (outcome, sorted(trials, key=lambda t: t.number))
