@@ -259,9 +259,11 @@ def _picture_options(default_name: str) -> Any:
 
 
 def _run_id(ref: str, best: bool, uri: str) -> str:
+    """The run RUN_ID names: its id or the first 8 characters of it, or with --best a study's best trial."""
     from gansweep.generate import best_run
+    from gansweep.tracking import client_for, full_run_id
 
-    return best_run(uri, ref) if best else ref
+    return best_run(uri, ref) if best else full_run_id(client_for(uri, create=False), ref)
 
 
 @main.command()
@@ -355,19 +357,29 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
 @click.option("--group-by", default=None, help="Comma-separated columns to aggregate seeds over, e.g. variant,lr.")
 @click.option("--metrics", default=None, help="Comma-separated scores [default: fid_proxy, kid_proxy, is_proxy, "
                                               "coverage, precision, recall, cond_accuracy].")
+@click.option("--sort", default=None, help="Column to sort by; a score best first, '-' before it reverses "
+                                           "[default: the study's objective].")
+@click.option("--columns", default=None, help="Comma-separated columns to show [default for md and latex: trial, "
+                                              "swept values, seed, final scores, status; all for the others].")
 @_MIXED
 @_store_options
 def export(study: str | None, experiment: str | None, fmt: str, out: Path | None, group_by: str | None,
-           metrics: str | None, mixed_scoring: bool, store: str | None, tracking_uri: str | None) -> None:
+           metrics: str | None, sort: str | None, columns: str | None, mixed_scoring: bool, store: str | None,
+           tracking_uri: str | None) -> None:
     """Write the comparison table of a study or experiment: one row per trial, or per group over seeds."""
     from gansweep.atomic import atomic_path, refuse_existing
-    from gansweep.export import DEFAULT_METRICS, export_table, render
+    from gansweep.export import DEFAULT_METRICS, export_table, pick_columns, render, short_columns
     if out is not None:
         refuse_existing(out)
     names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
     by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
-    text = render(export_table(_reading(store, tracking_uri).tracking_uri, study, experiment, names, by,
-                               mixed_scoring), fmt)
+    table = export_table(_reading(store, tracking_uri).tracking_uri, study, experiment, names, by, mixed_scoring,
+                         sort)
+    if columns is not None:
+        table = pick_columns(table, [c.strip() for c in columns.split(",") if c.strip()])
+    elif fmt in ("md", "latex"):
+        table = pick_columns(table, short_columns(table))
+    text = render(table, fmt)
     if out is None:
         click.echo(text, nl=False)
         return

@@ -17,7 +17,8 @@ from gansweep.errors import ConfigError, GansweepError
 from gansweep.evaluation import SCORES
 
 __all__ = ["FORMATS", "DEFAULT_METRICS", "STATUS_LABELS", "find_runs", "study_objective", "best_row",
-           "comparison_table", "group_table", "render", "export_table"]
+           "comparison_table", "group_table", "sort_table", "short_columns", "pick_columns", "render",
+           "export_table"]
 
 FORMATS = ("csv", "md", "latex", "html", "json")
 DEFAULT_METRICS = ("fid_proxy", "kid_proxy", "is_proxy", "coverage", "precision", "recall", "cond_accuracy")
@@ -124,30 +125,92 @@ def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = 
 
 
 def group_table(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = DEFAULT_METRICS) -> pd.DataFrame:
-    """Mean and standard deviation (n - 1) of each final score over the rows of each group, with the count."""
+    """Mean and standard deviation (n - 1) of each final score over the rows of each group: `n` rows in the
+    group, `NAME_n` the values the mean and spread use (a diverged or unscored run has none), and `not_finished`
+    how many of the group's runs ended otherwise than finished."""
     missing = [c for c in by if c not in table.columns]
     if missing:
         raise ConfigError(f"cannot group by {', '.join(missing)}; columns: {', '.join(table.columns)}")
     present = [m for m in metrics if m in table.columns]
     grouped = table.groupby(list(by), dropna=False, sort=True)
     out = grouped.size().rename("n").to_frame()
+    if "status" in table:
+        out["not_finished"] = grouped["status"].agg(lambda s: int((s != "finished").sum()))
     for name in present:
+        out[f"{name}_n"] = grouped[name].count()
         out[f"{name}_mean"] = grouped[name].mean()
         out[f"{name}_std"] = grouped[name].std(ddof=1)
     return out.reset_index()
 
 
-def _rounded(table: pd.DataFrame) -> pd.DataFrame:
-    def fmt(value: Any) -> Any:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.{_SIGNIFICANT}g}"
-        return "" if value is None else value
+def sort_table(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Rows by `column`: a score's own columns best first (by the score's direction), any other ascending; a
+    leading '-' reverses. Rows without a value come last."""
+    name = column.removeprefix("-")
+    if name not in table:
+        raise ConfigError(f"cannot sort by {name!r}; columns: {', '.join(table.columns)}")
+    score = next((s for s in SCORES if name == s or name.startswith(f"{s}_")
+                  and name.removeprefix(f"{s}_") in ("val", "best", "mean")), None)
+    ascending = score is None or SCORES[score].direction == "minimize"
+    if column.startswith("-"):
+        ascending = not ascending
+    return table.sort_values(name, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
-    return table.apply(lambda column: column.map(fmt))
+
+def short_columns(table: pd.DataFrame) -> list[str]:
+    """The columns a table on a page keeps: who the run is, what was swept, each score's final value, how it
+    ended; the best-epoch columns, costs and notes are left to csv, json and --columns."""
+    swept = table.attrs.get("swept", [])
+    keep = ["trial", "variant", *swept, "seed", *(s for s in SCORES if s in table), "status", "epochs", "run_id"]
+    grouped = [c for c in table.columns if c == "n" or c == "not_finished" or c.endswith(("_mean", "_std"))]
+    return [c for c in dict.fromkeys(keep + grouped) if c in table]
+
+
+def pick_columns(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    if not columns:
+        raise ConfigError(f"--columns names no column; columns: {', '.join(table.columns)}")
+    unknown = [c for c in columns if c not in table]
+    if unknown:
+        raise ConfigError(f"no column {', '.join(map(repr, unknown))}; columns: {', '.join(table.columns)}")
+    picked = table[list(columns)]
+    picked.attrs = dict(table.attrs)
+    return picked
+
+
+def _formatter(column: pd.Series) -> Any:
+    """One format for a whole numeric column, so its numbers line up and compare: small values (learning rates)
+    in one exponent style, large ones as plain whole numbers, the rest to four significant digits."""
+    finite = [abs(v) for v in column if isinstance(v, float) and math.isfinite(v) and v != 0]
+    if finite and max(finite) < 1e-2:
+        def fmt(v: float) -> str:
+            mantissa, exponent = f"{v:.{_SIGNIFICANT - 1}e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    elif finite and min(finite) >= 10 ** _SIGNIFICANT:
+        def fmt(v: float) -> str:
+            return f"{v:.0f}"
+    else:
+        def fmt(v: float) -> str:
+            return f"{v:.{_SIGNIFICANT}g}" if abs(v) < 10 ** _SIGNIFICANT else f"{v:.0f}"
+    return fmt
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    def column_text(column: pd.Series) -> pd.Series:
+        fmt = _formatter(column)
+
+        def cell(value: Any) -> Any:
+            if isinstance(value, float):
+                return "" if math.isnan(value) else fmt(value)
+            return "" if value is None else value
+
+        return column.map(cell)
+
+    return table.apply(column_text)
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:
-    """The table as text in `fmt`: markdown and LaTeX ready to paste, without pandas' index column."""
+    """The table as text in `fmt`: markdown and LaTeX ready to paste (numeric columns right-aligned), without
+    pandas' index column."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     if fmt == "csv":
@@ -158,27 +221,43 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     shown = _rounded(table)
     if "run_id" in shown:
         shown["run_id"] = shown["run_id"].str[:8]
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
     if fmt == "md":
-        align = ["right" if pd.api.types.is_numeric_dtype(table[c]) else "left" for c in table.columns]
+        align = ["right" if n else "left" for n in numeric]
         return shown.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
     if fmt == "latex":
         styler = shown.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-        return styler.to_latex(hrules=True)
+        return styler.to_latex(hrules=True, column_format="".join("r" if n else "l" for n in numeric))
     return shown.to_html(index=False, border=0, classes="gansweep")
 
 
 def export_table(tracking_uri: str, study: str | None = None, experiment: str | None = None,
                  metrics: Sequence[str] = DEFAULT_METRICS, group_by: Sequence[str] = (),
-                 mixed_scoring: bool = False) -> pd.DataFrame:
-    """The table of a study or an experiment; refused when its runs were scored in different ways (see
-    scoring.py), unless `mixed_scoring`."""
+                 mixed_scoring: bool = False, sort: str | None = None) -> pd.DataFrame:
+    """The table of a study or an experiment, sorted by `sort` (default: the study's objective, or the first of
+    `metrics` present, best first); refused when its runs were scored in different ways (see scoring.py), unless
+    `mixed_scoring`."""
     from gansweep.scoring import require_one_scoring
     from gansweep.tracking import client_for
 
     client = client_for(tracking_uri, create=False)
-    runs, _ = find_runs(client, study, experiment)
+    runs, parent = find_runs(client, study, experiment)
     require_one_scoring(runs, mixed_scoring)
     table = comparison_table(client, runs, metrics)
     if table.empty:
         raise GansweepError("no runs to export yet")
-    return group_table(table, group_by, metrics) if group_by else table
+    if group_by:
+        swept = table.attrs.get("swept", [])
+        table = group_table(table, group_by, metrics)
+        table.attrs["swept"] = [c for c in swept if c in table]
+    if sort is None:
+        objective = study_objective(parent)[0] if parent is not None else None
+        present = [m for m in ([objective] if objective else []) + list(metrics)
+                   if (f"{m}_mean" if group_by else m) in table]
+        if not present:
+            return table
+        sort = f"{present[0]}_mean" if group_by else present[0]
+    swept = table.attrs.get("swept", [])
+    table = sort_table(table, sort)
+    table.attrs["swept"] = swept
+    return table

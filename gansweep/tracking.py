@@ -25,7 +25,7 @@ from gansweep.store import store_lock
 from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
 
 __all__ = ["slug", "client_for", "experiment_id", "experiment_url", "study_parents", "MlflowHook", "RUN_STATUS",
-           "end_run", "git_commit", "checksum_tag", "window_points", "EXTREMES"]
+           "end_run", "git_commit", "checksum_tag", "window_points", "EXTREMES", "full_run_id"]
 
 # A step curve's point is the mean over its window of G steps; for these, where one spike matters (D winning
 # outright, a gradient blowing up), the window's minimum and maximum are logged beside it as NAME/min, NAME/max.
@@ -76,6 +76,23 @@ def study_parents(client: MlflowClient, name: str) -> list[Any]:
     runs = client.search_runs(experiments, filter_string="tags.`gansweep.role` = 'parent'",
                               order_by=["attributes.start_time DESC"], max_results=50000)
     return [r for r in runs if r.data.tags.get("gansweep.study") == name]
+
+
+def full_run_id(client: MlflowClient, ref: str) -> str:
+    """The run id that `ref` is, or begins (the 8 characters every table prints); one clear error otherwise."""
+    from gansweep.errors import GansweepError
+
+    ref = ref.strip().lower()
+    if len(ref) == 32:
+        return ref
+    if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+        raise GansweepError(f"{ref!r} is not a run id: give the 32 hex characters of one, or its first 8")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = [r.info.run_id for r in client.search_runs(experiments, max_results=50000) if r.info.run_id.startswith(ref)]
+    if len(found) != 1:
+        raise GansweepError(f"no run id begins with {ref!r} in {client.tracking_uri}" if not found else
+                            f"{len(found)} run ids begin with {ref!r}; give more of it: {', '.join(found[:5])}")
+    return found[0]
 
 
 def experiment_url(host: str, port: int, experiment: str, order_by: str | None = None,

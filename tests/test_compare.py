@@ -83,19 +83,48 @@ def test_export_round_trips_against_mlflow(in_store):
         assert row["status"] == "finished" and row["epochs"] == 2
         assert row["cond_accuracy"] == run.data.metrics["test/cond_accuracy"]
         assert row["wall_s"] == run.data.metrics["perf/wall_time_s"] and row["images_per_s"] > 0
-    assert sorted(r["trial"] for r in rows) == [r["trial"] for r in rows]
+    assert [r["fid_proxy"] for r in rows] == sorted(r["fid_proxy"] for r in rows)  # the objective, best first
+
+
+def _cells(md: str) -> tuple[list[str], list[list[str]], str]:
+    header, rule, *lines = md.strip().splitlines()
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    return split(header), [split(line) for line in lines], rule
 
 
 def test_markdown_and_latex_are_ready_to_paste(in_store):
     md = invoke("export", "--study", "small", "--format", "md", "--metrics", "fid_proxy").output
-    header, rule, *lines = md.strip().splitlines()
-    assert header.startswith("| run_id") and "fid_proxy_best_epoch" in header and len(lines) == 4
-    assert set(rule.replace("|", "").replace(" ", "")) <= {"-", ":"}
-    cells = [c.strip() for c in lines[0].strip("|").split("|")]
-    fid = cells[[h.strip() for h in header.strip("|").split("|")].index("fid_proxy")]
-    assert len(fid.replace(".", "").replace("-", "").lstrip("0")) <= 4  # four significant digits
+    header, rows, rule = _cells(md)
+    # a page's columns by default: who, what was swept, the final score, how it ended
+    assert header == ["trial", "variant", "lr", "seed", "fid_proxy", "status", "epochs", "run_id"]
+    assert len(rows) == 4 and set(rule.replace("|", "").replace(" ", "")) <= {"-", ":"}
+    fid = [float(r[header.index("fid_proxy")]) for r in rows]
+    assert fid == sorted(fid)  # the study's objective, best (lowest) first
+    assert all(len(r[header.index("fid_proxy")].replace(".", "").lstrip("0")) <= 4 for r in rows)  # 4 digits
+    assert {r[header.index("lr")] for r in rows} == {"1e-4", "1e-3"}  # one style for the whole column
+    assert rule.split("|")[header.index("fid_proxy") + 1].strip().endswith(":")  # numbers right-aligned
+    everything = _cells(invoke("export", "--study", "small", "--format", "md", "--metrics", "fid_proxy",
+                               "--columns", "run_id,fid_proxy,fid_proxy_best_epoch", "--sort", "-fid_proxy").output)
+    assert everything[0] == ["run_id", "fid_proxy", "fid_proxy_best_epoch"]
+    assert [float(r[1]) for r in everything[1]] == sorted(fid, reverse=True)
     latex = invoke("export", "--study", "small", "--format", "latex", "--metrics", "fid_proxy").output
-    assert "\\toprule" in latex and "fid\\_proxy\\_best" in latex and latex.count("\\\\") == 5
+    assert "\\toprule" in latex and "fid\\_proxy" in latex and latex.count("\\\\") == 5
+    assert "\\begin{tabular}{rlrrrlrl}" in latex  # numeric columns right-aligned, text left
+    for bad in (["--sort", "nope"], ["--columns", "run_id,nope"]):
+        result = invoke("export", "--study", "small", *bad)
+        assert result.exit_code == 2 and "nope" in result.output and "Traceback" not in result.output
+
+
+def test_numbers_keep_one_plain_format_per_column():
+    from gansweep.export import render
+
+    table = pd.DataFrame({"lr": [1e-4, 3e-4, 1e-3], "images": [132800.0, 5000.0, 64.0],
+                          "big": [132800.0, 250000.0, 10000.0], "fid": [301.234, 45.6789, 1.5]})
+    header, rows, _ = _cells(render(table, "md"))
+    assert [r[0] for r in rows] == ["1e-4", "3e-4", "1e-3"]
+    assert [r[1] for r in rows] == ["132800", "5000", "64"]  # never 1.328e+05
+    assert [r[2] for r in rows] == ["132800", "250000", "10000"]
+    assert [r[3] for r in rows] == ["301.2", "45.68", "1.5"]
 
 
 def test_grouped_export_on_a_hand_made_store(tmp_path):
@@ -112,12 +141,14 @@ def test_grouped_export_on_a_hand_made_store(tmp_path):
     table = comparison_table(client, find_runs(client, experiment="hand")[0], ["fid_proxy"])
     grouped = group_table(table, ["variant", "lr"], ["fid_proxy"])
     expected = pd.DataFrame({"variant": ["a", "a", "b"], "lr": [0.1, 0.2, 0.1], "n": [2, 1, 1],
+                             "not_finished": [2, 1, 1], "fid_proxy_n": [2, 1, 1],
                              "fid_proxy_mean": [2.0, 5.0, 10.0], "fid_proxy_std": [math.sqrt(2), math.nan, math.nan]})
-    pd.testing.assert_frame_equal(grouped, expected)
+    pd.testing.assert_frame_equal(grouped, expected)  # hand-made runs have no gansweep status: not finished
     result = invoke("export", "--experiment", "hand", "--group-by", "variant,lr", "--metrics", "fid_proxy",
                     "--format", "csv", "--tracking-uri", uri)
-    assert result.output.splitlines()[0] == "variant,lr,n,fid_proxy_mean,fid_proxy_std"
-    assert result.output.splitlines()[1].startswith("a,0.1,2,2.0,1.414")
+    assert result.output.splitlines()[0] == "variant,lr,n,not_finished,fid_proxy_n,fid_proxy_mean,fid_proxy_std"
+    assert result.output.splitlines()[1].startswith("a,0.1,2,2,2,2.0,1.414")  # sorted by the mean, best first
+    assert [line.split(",")[3 + 2] for line in result.output.splitlines()[1:]] == ["2.0", "5.0", "10.0"]
 
 
 def test_the_best_epoch_is_chosen_on_validation_and_its_test_score_reported(tmp_path):
@@ -178,10 +209,15 @@ def test_sample_and_interpolate_from_the_best_trial(in_store, tmp_path):
     assert sampled.exit_code == 0, sampled.output
     assert Image.open(tmp_path / "s.png").size == (10 * 30 + 2, 2 * 30 + 2)  # one column per class
     path = tmp_path / "i.png"
-    result = invoke("interpolate", best, "--steps", "5", "--pairs", "3", "-o", path)
+    result = invoke("interpolate", best[:8], "--steps", "5", "--pairs", "3", "-o", path)  # as tables print it
     assert result.exit_code == 0, result.output
     assert Image.open(path).size == (5 * 30 + 2, 6 * 30 + 2)  # conditional: 3 noise rows and 3 class rows
     assert invoke("interpolate", best, "-o", path).exit_code == 2  # never overwritten
+    for ref, says in (("0000abcd", "no run id begins with '0000abcd'"), ("xyz", "is not a run id"),
+                      ("", "is not a run id")):
+        refused = invoke("sample", ref, "-o", tmp_path / "never.png")
+        assert refused.exit_code == 2 and says in refused.output and "Traceback" not in refused.output, ref
+    assert not (tmp_path / "never.png").exists()
 
 
 def test_render_html_has_no_index(in_store):

@@ -253,7 +253,11 @@ READ_BAD = [
     ["evaluate", "{run}", "--n", "1000000000"], ["evaluate", "{run}", "--device", "x"], ["evaluate", "nope"],
     ["export", "--study", "tiny", "--format", "x"], ["export", "--study", "tiny", "--metrics", "x"],
     ["export", "--study", "tiny", "--group-by", "x"], ["export", "--study", "nope"], ["export"],
-    ["export", "--study", "it's"], ["report", "nope"], ["report", "it's"],
+    ["export", "--study", "it's"], ["export", "--study", "tiny", "--sort", "x"],
+    ["export", "--study", "tiny", "--sort", "-"], ["export", "--study", "tiny", "--sort", ""],
+    ["export", "--study", "tiny", "--columns", "x"], ["export", "--study", "tiny", "--columns", "run_id,0"],
+    ["export", "--study", "tiny", "--columns", ","],
+    ["sample", "0", "--n", "4"], ["sample", "-1"], ["sample", "x" * 100], ["report", "nope"], ["report", "it's"],
     ["ui", "--port", "0"], ["ui", "--port", "-1"], ["ui", "--port", "x"], ["ui", "--port", "70000"],
     ["ui", "--workers", "0"], ["sample", "tiny", "--best", "--store", ""],
 ]
