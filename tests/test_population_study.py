@@ -28,9 +28,16 @@ def _run(folder, monkeypatch, population: str):
 
 
 def _artifacts(client, run_id, path=""):
+    """Every artifact path, MLflow's logged images by key and step (their names hold a timestamp and a uuid)."""
     found = []
     for item in client.list_artifacts(run_id, path):
-        found += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+        if item.is_dir:
+            found += _artifacts(client, run_id, item.path)
+        elif item.path.startswith("images/"):
+            key, _, step, *_ = item.path.split("+")
+            found.append(f"{key}+step+{step}" + ("+compressed" if item.path.endswith("compressed.webp") else ""))
+        else:
+            found.append(item.path)
     return sorted(found)
 
 
