@@ -21,7 +21,8 @@ from typing import Any
 from gansweep.errors import GansweepError
 from gansweep.store import Store
 from gansweep.tracking import slug as _slug
-from gansweep.export import DEFAULT_METRICS, best_row, comparison_table, find_runs, render, study_objective
+from gansweep.export import (DEFAULT_METRICS, best_row, comparison_table, find_runs, pick_columns, render,
+                             short_columns, study_objective)
 from gansweep.figures import LOG_AXES, Palette, colors, contact_sheet, curves, label, sensitivity
 
 __all__ = ["ReportOutcome", "write_report"]
@@ -174,7 +175,7 @@ def write_report(store: Store, study: str, out: Path | None = None, mixed_scorin
     slider = _SLIDER.format(max_epoch=max_epoch, cells=cells, grids=json.dumps(grids))
     description = html.escape(parent.data.params.get("description", ""))
     (directory / "report.html").write_text(_PAGE.format(
-        title=f"gansweep study {html.escape(study)}", description=description, table=render(table, "html"),
+        title=f"gansweep study {html.escape(study)}", description=description, table=render(pick_columns(table, short_columns(table)), "html"),
         best=best_html, slider=slider, objective=html.escape(metric),
         better="lower" if direction == "minimize" else "higher",
         colour=html.escape(f"{axis} (line style: variant)" if palette.numeric else "variant"),

@@ -259,15 +259,18 @@ def _wait_for(predicate, timeout=90.0, every=0.5):
     raise AssertionError(f"gave up after {timeout} s")
 
 
-def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store):
+def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store, tmp_path):
     """`gansweep ui` on the study's store, driven by headless Chromium: the parent run and its children are
-    listed, a child run shows its loss metrics and its sample-grid artifact."""
+    listed, the link a study prints sorts them by the objective, a child run shows its loss metrics and its
+    sample-grid artifact, and the report logged to the parent shows every picture when MLflow serves it."""
     import socket
     import subprocess
     import sys
     import urllib.request
 
     from selenium.webdriver.common.by import By
+
+    from gansweep.tracking import experiment_url
 
     browser, reason = _browser()
     if browser is None:
@@ -288,6 +291,14 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store):
         client = MlflowClient(resolve_store().tracking_uri)
         runs, parent = find_runs(client, study="small")
         experiment = parent.info.experiment_id
+        # the link a study prints: sorted by the objective, best first, the runs listed flat
+        browser.get(experiment_url("127.0.0.1", port, experiment, "score/fid_proxy", True))
+        _wait_for(lambda: "Sort: score/fid_proxy" in browser.find_element(By.TAG_NAME, "body").text)
+        text = browser.find_element(By.TAG_NAME, "body").text
+        by_score = sorted(runs, key=lambda r: r.data.metrics["score/fid_proxy"])
+        assert [text.index(r.info.run_name) for r in by_score] == sorted(text.index(r.info.run_name) for r in runs)
+        browser.execute_script("window.localStorage.clear()")  # the UI keeps a sort; the plain link nests runs
+
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
 
         def parent_link():
@@ -298,6 +309,16 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store):
         link.find_elements(By.XPATH, "./preceding::*[self::button or @role='button'][1]")[0].click()  # expand
         names = [r.info.run_name for r in runs]
         _wait_for(lambda: all(name in browser.find_element(By.TAG_NAME, "body").text for name in names))
+
+        write_report(resolve_store(), "small", tmp_path / "report")  # logged under report/ of the parent
+        browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{parent.info.run_id}"
+                    f"/artifacts/report/report.html")  # MLflow's artifact view shows the page in a frame
+        browser.switch_to.frame(_wait_for(lambda: browser.find_elements(By.TAG_NAME, "iframe"))[0])
+        loaded = _wait_for(lambda: browser.execute_script(
+            "const i = Array.from(document.images); return i.length && i.every(x => x.complete && x.naturalWidth > 0)"
+            " ? i.length : 0"))
+        assert loaded == 5 + 4  # the four figures, the best trial's GIF, every trial's grid: all shown
+        browser.switch_to.default_content()
 
         child = runs[0].info.run_id
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{child}")
