@@ -148,7 +148,7 @@ def study_share(device: torch.device, epochs: int) -> dict[str, float]:
     from gansweep.catalog import find_spec
     from gansweep.spec import load_spec
     from gansweep.study import StudyOptions, run_study
-    from gansweep.tracking import MlflowHook
+    from gansweep.mlflow_hook import MlflowHook
 
     spent = {"steps": 0.0, "logging": 0.0}
     step, on_log = Population.step, MlflowHook.on_log

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import Tensor, nn
 
 from gansweep.atomic import atomic_path
@@ -169,22 +170,28 @@ def get_classifier(data: Dataset, log: bool = True) -> Classifier:
     if record.name in SHIPPED:
         return _shipped(SHIPPED[record.name], channels, record.n_classes).to(device)
     path = cached_path(record.name, record.checksum)
-    if path.is_file():
-        try:
-            return load_network_file(path, channels, record.n_classes).to(device)
-        except GansweepError:  # a truncated or foreign file is retrained, never trusted
-            pass
-    if log:
-        print(f"training the {record.name} feature network: no network ships for {record.name}, so its scores "
-              f"compare only with runs scored by this machine's (once per machine, cached in {path.parent})",
-              file=sys.stderr, flush=True)
-    from gansweep.feature_training import train_classifier
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # two processes needing the network at once: one trains, the other waits
+        if path.is_file():
+            try:
+                return load_network_file(path, channels, record.n_classes).to(device)
+            except GansweepError:  # a truncated or foreign file is retrained, never trusted
+                pass
+        if log:
+            print(f"training the {record.name} feature network: no network ships for {record.name}, so its "
+                  f"scores compare only with runs scored by this machine's (once per machine, cached in "
+                  f"{path.parent})", file=sys.stderr, flush=True)
+        from gansweep.feature_training import train_classifier
 
-    started = time.perf_counter()
-    classifier = train_classifier(data)
-    blob = network_bytes(classifier.net, {"dataset": record.name, "data_checksum": record.checksum,
-                                          "accuracy": classifier.accuracy, "checksum": classifier.checksum,
-                                          "seconds": time.perf_counter() - started, "version": FEATURE_NET_VERSION})
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(blob)
+        started = time.perf_counter()
+        classifier = train_classifier(data)
+        blob = network_bytes(classifier.net, {"dataset": record.name, "data_checksum": record.checksum,
+                                              "accuracy": classifier.accuracy, "checksum": classifier.checksum,
+                                              "seconds": time.perf_counter() - started,
+                                              "version": FEATURE_NET_VERSION})
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(blob)
+        if log:
+            print(f"trained the {record.name} feature network in {time.perf_counter() - started:.0f} s: "
+                  f"accuracy {classifier.accuracy:.3f} on its test split", file=sys.stderr, flush=True)
     return classifier

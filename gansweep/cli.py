@@ -115,15 +115,16 @@ def _reading(store: str | None, tracking_uri: str | None) -> Store:
 @click.option("--n-critic", type=int, default=None, help="D updates per G update.")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("--n-eval", type=int, default=None, help="Images per evaluation slice [5,000, at most half the held-out split].")
+@click.option("--n-eval", type=int, default=None,
+              help="Images per evaluation slice [5,000, at most half the held-out split].")
 @_store_options
 @click.option("--experiment", default=None, help="MLflow experiment [default: train].")
 def train(variant: str, dataset: str, data_root: str | None, store: str | None, tracking_uri: str | None,
           experiment: str | None, n_eval: int | None, **changes: Any) -> None:
     """Train one VARIANT at its defaults, changed by the options given, as a new MLflow run."""
     from gansweep.config import DataConfig
+    from gansweep.run_table import experiment_url
     from gansweep.runs import run_training
-    from gansweep.tracking import experiment_url
 
     data_config = DataConfig(dataset=dataset, **({"data_root": data_root} if data_root else {}))
     outcome = run_training(variant, data_config, resolve_store(store, tracking_uri), experiment, n_eval,
@@ -160,8 +161,8 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     """Run (or continue) the study NAME (gansweep list studies); every trial is an MLflow child run."""
     from gansweep.catalog import find_spec
     from gansweep.spec import load_spec
+    from gansweep.run_table import experiment_url, view_key
     from gansweep.study import StudyOptions, Terminated, format_table, run_study, seed_spread
-    from gansweep.tracking import experiment_url
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds is not None else None
@@ -187,8 +188,7 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     click.echo(f"\nstudy {outcome.optuna_study}: {outcome.ran} trial(s) run now, {len(outcome.table)} in all")
     click.echo(f"MLflow: {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     click.echo(f"Optuna: {outcome.storage}")
-    objective = outcome.spec.objective
-    url = experiment_url("127.0.0.1", 5000, outcome.experiment_id, objective.key, objective.direction == "minimize")
+    url = experiment_url("127.0.0.1", 5000, outcome.experiment_id, view_key(outcome.spec.name))
     click.echo(f"browse: gansweep ui  ->  {url}")
     if outcome.failed:
         click.echo(f"{len(outcome.failed)} point(s) failed and were given up for now; run the study again to "
@@ -219,7 +219,8 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
     import subprocess
     import sys
 
-    from gansweep.tracking import client_for, experiment_url
+    from gansweep.run_table import VIEW_TAG_PREFIX, experiment_url
+    from gansweep.tracking import client_for
 
     if not 1 <= port <= 65535 or not 1 <= workers <= 64:
         raise InputError(f"--port must be in [1, 65535] and --workers in [1, 64], got {port} and {workers}")
@@ -228,6 +229,10 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
         raise InputError(f"{uri} is a tracking server already; open it in a browser")
     for experiment in client_for(uri, create=False).search_experiments():
         click.echo(f"{experiment.name}: {experiment_url(host, port, experiment.experiment_id)}")
+        for tag in sorted(t for t in experiment.tags if t.startswith(VIEW_TAG_PREFIX)):  # a study's sorted view
+            view = tag.removeprefix(VIEW_TAG_PREFIX)
+            click.echo(f"  sorted by the objective ({view}): "
+                       f"{experiment_url(host, port, experiment.experiment_id, view)}")
     click.echo(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
                "--workers", str(workers)]

@@ -1,10 +1,11 @@
 """Judging a generator: its samples against held-out real images, in the feature space of the dataset's classifier.
 
-The held-out split gives two disjoint slices of N images, drawn by one seeded permutation. The **validation** slice chooses: the best epoch, the
-best checkpoint, a study's best trial, pruning and the collapse judgement read `score/NAME`. The **test** slice
-reports: `test/NAME` scores other samples of the same G (other evaluation noise) against it, so a number in a
-table is not the one it was chosen by. Every score has a standard error over the generated samples beside it, and
-a floor: the same score for training images, the mean over several draws, with its spread.
+The held-out split gives two disjoint slices of N images, drawn by one seeded permutation. The **validation**
+slice chooses: the best epoch, the best checkpoint, a study's best trial, pruning and the collapse judgement read
+`score/NAME`. The **test** slice reports: `test/NAME` scores other samples of the same G (other evaluation noise)
+against it, so a number in a table is not the one it was chosen by. Every score has a standard error over the
+generated samples beside it, and a floor: the same score for training images, the mean over several draws, with
+its spread.
 
 An `Evaluator` featurises the real images once; `ScoreHook` scores a training run after every epoch with it, and
 `evaluate` scores any saved generator the same way.
@@ -27,39 +28,13 @@ from gansweep.nets import chunks, generate
 from gansweep.metrics import (GaussianStats, class_coverage, classifier_score, conditional_accuracy,
                               digit_predictions, frechet_distance, gaussian_stats, kid, parzen_log_likelihood,
                               precision_recall)
+from gansweep.scores import MIN_EVAL, N_EVAL, check_eval_size
 from gansweep.trainer import Hook, StopTraining, TrainState
 
-__all__ = ["Score", "SCORES", "N_EVAL", "eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED",
-           "TEST_NOISE_SEED", "eval_inputs", "PARZEN_SIGMAS", "NonFiniteSamples", "MAX_EVAL", "check_eval_size",
-           "SLICES", "SLICE_SEED", "FLOOR_DRAWS", "BOOTSTRAP", "MIN_EVAL"]
+__all__ = ["eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED", "TEST_NOISE_SEED", "eval_inputs",
+           "PARZEN_SIGMAS", "NonFiniteSamples", "SLICES", "SLICE_SEED", "FLOOR_DRAWS", "BOOTSTRAP"]
 
 
-@dataclass(frozen=True)
-class Score:
-    name: str
-    direction: str  # minimize or maximize: what "better" means, for objectives and for "best so far"
-    summary: str
-    conditional_only: bool = False
-
-
-SCORES: dict[str, Score] = {s.name: s for s in (
-    Score("fid_proxy", "minimize", "Frechet distance between Gaussian fits of classifier features"),
-    Score("kid_proxy", "minimize", "unbiased MMD^2, cubic kernel on classifier features, mean over subsets"),
-    Score("kid_proxy_std", "minimize", "spread of kid_proxy over its subsets"),
-    Score("is_proxy", "maximize", "exp E KL(p(y|x) || p(y)) under the classifier, 1 to n_classes"),
-    Score("coverage", "maximize", "share of classes that get at least half a fair share of the confident samples"),
-    Score("class_kl", "minimize", "KL(class histogram of the confident samples || uniform)"),
-    Score("confident", "maximize", "share of samples the classifier calls one digit with probability >= 0.5"),
-    Score("rejected", "minimize", "share of samples the classifier calls not a digit"),
-    Score("precision", "maximize", "share of samples inside the real k-NN manifold (k=3)"),
-    Score("recall", "maximize", "share of real images inside the samples' k-NN manifold (k=3)"),
-    Score("cond_accuracy", "maximize", "how often the classifier names the requested label", True),
-    Score("d_overfit", "minimize", "D's mean output on training images minus on held-out real ones"),
-)}
-
-N_EVAL = 5000  # images per slice on every device (bounded by the splits), so all workers score on one scale
-MAX_EVAL = 100_000  # the most images an evaluation may be asked for; every split here is smaller anyway
-MIN_EVAL = 4  # KID needs subsets of at least 2, precision and recall a 3rd neighbour besides the point itself
 EVAL_NOISE_SEED = 4321  # the same evaluation noise every epoch, so a score's change is G's change
 TEST_NOISE_SEED = 8642  # other noise for the test slice: its samples are not the ones the choice was made on
 SLICES = ("validation", "test")  # disjoint halves of the held-out split, drawn by one seeded permutation
@@ -67,12 +42,6 @@ SLICE_SEED = 0  # the permutation: MNIST's test file is in writer order, so its 
 FLOOR_DRAWS = 4  # disjoint draws of training images whose scores give a floor's mean and spread
 BOOTSTRAP, BOOTSTRAP_SEED = 20, 0  # resamples of the generated samples behind each standard error
 KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0
-
-
-def check_eval_size(requested: int | None, name: str) -> None:
-    """The one rule for a requested evaluation size (None: N_EVAL), checked before data load."""
-    if requested is not None and not MIN_EVAL <= requested <= MAX_EVAL:
-        raise ConfigError(f"{name} must be in [{MIN_EVAL}, {MAX_EVAL}], got {requested!r}")
 
 
 def eval_size(requested: int | None, data: Dataset) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from gansweep.errors import ConfigError, GansweepError
-from gansweep.evaluation import SCORES
+from gansweep.scores import SCORES
 
 __all__ = ["FORMATS", "DEFAULT_METRICS", "STATUS_LABELS", "find_runs", "study_objective", "best_row",
            "comparison_table", "group_table", "sort_table", "short_columns", "pick_columns", "render",

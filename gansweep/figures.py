@@ -126,29 +126,39 @@ def sensitivity(table: pd.DataFrame, axis: str | None, metric: str, colors: dict
 
 
 def curves(histories: dict[str, dict[str, list[tuple[int, float]]]], table: pd.DataFrame, names: list[str],
-            palette: Palette, xlabel: str, path: Path, smooth: bool = False,
-            floor: tuple[float, float] | None = None) -> None:
+           palette: Palette, xlabel: str, path: Path, smooth: bool = False,
+           floor: tuple[float, float] | None = None, groups: dict[str, list[str]] | None = None,
+           x_per_step: dict[str, float] | None = None, better: str | None = None) -> None:
     """One panel per metric, every trial a line styled by `palette`; with `smooth`, the raw values faint behind
-    their moving average; with `floor`, the real-data floor as a dashed line and its spread as a grey band."""
+    their moving average; with `floor`, the real-data floor as a dashed line and its spread as a grey band.
+    `groups` (a title -> run ids) gives each group a row of panels of its own, so that losses on different
+    scales (a critic's against a probability's) do not share an axis; `x_per_step` turns a run's steps into
+    the x unit (G steps into images seen); `better` ("lower", "higher") is said in each title."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), constrained_layout=True, squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for _, row in table.iterrows():
-            points = histories.get(row["run_id"], {}).get(name)
-            if points:
-                steps, values = zip(*points)
-                style = palette.line(row)
-                if smooth:
-                    ax.plot(steps, values, color=style["color"], linewidth=0.5, alpha=0.15)
-                    values = _smoothed(list(values))
-                ax.plot(steps, values, linewidth=0.9, alpha=0.8, **style)
-        if floor is not None and math.isfinite(floor[0]):
-            ax.axhline(floor[0], color="black", linestyle="--", linewidth=0.8)
-            if math.isfinite(floor[1]):
-                ax.axhspan(floor[0] - floor[1], floor[0] + floor[1], color="grey", alpha=0.2)
-        ax.set_title(name)
-        ax.set_xlabel(xlabel)
-        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs and steps are whole numbers
+    groups = groups or {"": list(table["run_id"])}
+    fig, axes = plt.subplots(len(groups), len(names), figsize=(4.5 * len(names), 3.4 * len(groups)),
+                             constrained_layout=True, squeeze=False)
+    for row_axes, (group, members) in zip(axes, groups.items()):
+        for ax, name in zip(row_axes, names):
+            for _, row in table[table["run_id"].isin(members)].iterrows():
+                points = histories.get(row["run_id"], {}).get(name)
+                if points:
+                    steps, values = zip(*points)
+                    scale = (x_per_step or {}).get(row["run_id"], 1.0)
+                    steps = [step * scale for step in steps]
+                    style = palette.line(row)
+                    if smooth:
+                        ax.plot(steps, values, color=style["color"], linewidth=0.5, alpha=0.15)
+                        values = _smoothed(list(values))
+                    ax.plot(steps, values, linewidth=0.9, alpha=0.8, **style)
+            if floor is not None and math.isfinite(floor[0]):
+                ax.axhline(floor[0], color="black", linestyle="--", linewidth=0.8)
+                if math.isfinite(floor[1]):
+                    ax.axhspan(floor[0] - floor[1], floor[0] + floor[1], color="grey", alpha=0.2)
+            title = f"{name}, {group}" if group else name
+            ax.set_title(f"{title} ({better} is better)" if better else title)
+            ax.set_xlabel(xlabel)
+            ax.xaxis.get_major_locator().set_params(integer=True)  # epochs, steps and images are whole numbers
     handles = palette.handles()
     if floor is not None:
         handles.append(plt.Line2D([], [], color="black", linestyle="--", label="real-data floor ± s.d."))

@@ -130,8 +130,8 @@ def evaluate_run(run_id: str, tracking_uri: str, which: str = "last", n_eval: in
     from gansweep.classifier import get_classifier
     from gansweep.config import DataConfig
     from gansweep.data import load_dataset
-    from gansweep.evaluation import (TEST_NOISE_SEED, Evaluator, check_eval_size, eval_inputs,
-                                     parzen as parzen_scores)
+    from gansweep.evaluation import TEST_NOISE_SEED, Evaluator, eval_inputs, parzen as parzen_scores
+    from gansweep.scores import check_eval_size
     from gansweep.trainer import resolve_device
 
     check_eval_size(n_eval, "n")

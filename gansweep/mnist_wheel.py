@@ -102,7 +102,8 @@ def _as_bytes(name: str, split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarr
         if dtype.names is not None or dtype.subdtype is not None or dtype.hasobject or dtype.kind not in "fiu":
             raise DataUnavailableError(f"{PICKLE_MEMBER}: the {name} split holds a {dtype} array, not plain "
                                        "numbers; refusing it")
-    if len(images) == 0 or images.ndim != 2 or images.shape[1] != _PIXELS or len(labels) != len(images) or labels.ndim != 1:
+    if (len(images) == 0 or images.ndim != 2 or images.shape[1] != _PIXELS or len(labels) != len(images)
+            or labels.ndim != 1):
         raise DataUnavailableError(f"{PICKLE_MEMBER}: the {name} split has images {images.shape} and labels "
                                    f"{labels.shape}, expected (N, {_PIXELS}) and (N,)")
     scaled = images.astype(np.float64) * 256

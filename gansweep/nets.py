@@ -89,6 +89,7 @@ class Architecture:
     summary: str
     build_g: Callable[[TrainConfig, ImageShape, int], nn.Module]
     build_d: Callable[[TrainConfig, ImageShape, int], nn.Module]
+    reads: tuple[str, ...]  # the TrainConfig fields its networks are built from (beyond z_dim and dropout)
 
 
 @dataclass(frozen=True)
@@ -245,9 +246,9 @@ class DCGANDiscriminator(nn.Module):
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture("mlp", "dense G and D, 1-2 hidden layers, BatchNorm in G, dropout or maxout in D",
-                 MLPGenerator, MLPDiscriminator),
+                 MLPGenerator, MLPDiscriminator, ("hidden", "batchnorm", "maxout", "maxout_pieces")),
     Architecture("dcgan", "transposed-conv G, strided-conv D (Radford et al. 2016), for 28x28 and 32x32",
-                 DCGANGenerator, DCGANDiscriminator),
+                 DCGANGenerator, DCGANDiscriminator, ("width", "batchnorm")),
 )}
 
 CONDITIONINGS: dict[str, Conditioning] = {c.name: c for c in (

@@ -28,10 +28,11 @@ def _duration(seconds: float) -> str:
 
 class ProgressHook(Hook):
     """One training's progress: a bar of images seen by D against the run's budget on a terminal (updated at
-    every copy of the step metrics, every `log_every` G steps), a line per epoch elsewhere."""
+    every copy of the step metrics, every `log_every` G steps), a line per epoch elsewhere. Placed before the
+    scoring hook, it says so on the bar while an epoch's `scoring` images per slice are scored."""
 
-    def __init__(self, label: str = "", stream: TextIO | None = None):
-        self.label = label
+    def __init__(self, label: str = "", stream: TextIO | None = None, scoring: int = 0):
+        self.label, self.scoring = label, scoring
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
         self.bar: tqdm | None = None
@@ -56,6 +57,9 @@ class ProgressHook(Hook):
                 f"{format_values(state.last)}  {self.rate:,.0f} img/s")
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
+            if self.scoring:
+                self.bar.set_postfix_str(f"epoch {state.epoch} trained; scoring its samples "
+                                         f"(2 slices of {self.scoring:,} images)", refresh=True)
         else:
             self.stream.write(line.lstrip() + "\n")
             self.stream.flush()

@@ -28,6 +28,7 @@ class Regularizer:
     summary = "no constraint on D"
     draws_alpha = False  # the penalty needs one uniform draw per image (interpolation weights)
     critic_calls = 0  # extra calls of D the penalty makes per D step (each takes its dropout masks)
+    reads: tuple[str, ...] = ()  # the TrainConfig fields it uses
 
     def prepare(self, d: nn.Module) -> None:
         """Called once on the freshly built D, before its optimizer sees its parameters."""
@@ -48,6 +49,7 @@ class Regularizer:
 class WeightClipping(Regularizer):
     name = "weight-clipping"
     summary = "clamp D's weights to [-c, c] after each step (Arjovsky et al. 2017)"
+    reads = ("clip_value",)
 
     def constrain(self, params: Sequence[Tensor], clip_value: Tensor) -> None:
         with torch.no_grad():
@@ -60,6 +62,7 @@ class GradientPenalty(Regularizer):
     name = "gradient-penalty"
     summary = "lambda * (||grad D(x_hat)|| - 1)^2 on real/fake interpolates (Gulrajani et al. 2017)"
     draws_alpha, critic_calls = True, 1
+    reads = ("gp_weight",)
 
     def strength(self, config: TrainConfig) -> float:
         return config.gp_weight
@@ -76,6 +79,7 @@ class R1(Regularizer):
     name = "r1"
     summary = "gamma / 2 * ||grad D(x)||^2 on real images (Mescheder et al. 2018)"
     critic_calls = 1
+    reads = ("r1_gamma",)
 
     def strength(self, config: TrainConfig) -> float:
         return config.r1_gamma

@@ -9,8 +9,6 @@ report/.
 from __future__ import annotations
 
 import base64
-import html
-import json
 import math
 import shutil
 import time
@@ -50,55 +48,14 @@ def _new_directory(out: Path | None, study: str, store: Store) -> Path:
     return out
 
 
-_SLIDER = """<h2>Samples at matching epochs</h2>
-<p>Every trial's fixed-noise grid at the same epoch; the slider moves them all.</p>
-<input type="range" id="epoch" min="1" max="{max_epoch}" value="{max_epoch}" style="width:60%">
-<span id="epoch-label">epoch {max_epoch}</span>
-<div class="grids">{cells}</div>
-<script>
-const grids = {grids};
-const slider = document.getElementById("epoch");
-function show(epoch) {{
-  document.getElementById("epoch-label").textContent = "epoch " + epoch;
-  for (const [id, grid] of Object.entries(grids)) {{
-    const e = Math.min(epoch, grid.frames.length);
-    if (e > 0) {{
-      document.getElementById("grid-" + id).src = grid.frames[e - 1];
-      document.getElementById("caption-" + id).textContent = grid.captions[e - 1];
-    }}
-  }}
-}}
-slider.addEventListener("input", () => show(Number(slider.value)));
-</script>
-"""
+def _page(**values: Any) -> str:
+    """report.html from its Jinja2 template (templates/report.html.j2): every value escaped but the table,
+    which pandas' to_html has escaped already."""
+    import jinja2
 
-_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table.gansweep {{ border-collapse: collapse; font-size: 12px; }}
-table.gansweep td, table.gansweep th {{ padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
-.grids {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-.grids figure {{ margin: 0; text-align: center; font-size: 11px; }}
-img.plot {{ max-width: 100%; }}
-</style></head><body>
-<h1>{title}</h1>
-<p>{description}</p>
-<h2>Trials</h2>
-{table}
-<h2>Sensitivity</h2><img class="plot" src="{sensitivity}" alt="sensitivity">
-<p>{objective} on the test slice after training ({better} is better): the mean over seeds, the band one standard
-deviation over seeds either side; x marks a trial that diverged, collapsed or was pruned.</p>
-<h2>Scores over epochs</h2><img class="plot" src="{scores}" alt="scores over epochs">
-<p>{objective} on the test slice after every epoch, a line per trial coloured by {colour}. The dashed line is the
-real-data floor (training images against the test slice), the grey band its standard deviation over draws.</p>
-<h2>Losses</h2><img class="plot" src="{losses}" alt="loss curves">
-<p>Each trial's losses, smoothed (an exponential moving average); the raw values are the faint lines behind.</p>
-<h2>Final samples of every trial</h2><img class="plot" src="{contact_sheet}" alt="contact sheet">
-{best}
-{slider}
-</body></html>
-"""
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("gansweep", "templates"),
+                                     autoescape=True, undefined=jinja2.StrictUndefined)
+    return environment.get_template("report.html.j2").render(**values)
 
 
 def _embedded(path: Path) -> str:
@@ -112,6 +69,26 @@ def _captions(row: Any, axis: str | None, metric: str, epochs: int, scores: dict
     what = label(row, axis, metric).splitlines()[0]
     return [f"{what}, epoch {e}: " + (f"{metric} {scores[e]:.3g}" if e in scores else "not scored")
             for e in range(1, epochs + 1)]
+
+
+def _by_loss(runs: list[Any], table: Any) -> dict[str, list[str]]:
+    """The table's runs by the loss they trained with: a critic's values and a probability's loss are on
+    scales of their own, so each loss gets its own axes."""
+    losses = {run.info.run_id: run.data.params.get("loss", "unrecorded") for run in runs}
+    groups: dict[str, list[str]] = {}
+    for run_id in table["run_id"]:
+        groups.setdefault(f"{losses.get(run_id, 'unrecorded')} loss", []).append(run_id)
+    return groups if len(groups) > 1 else {}
+
+
+def _images_per_step(runs: list[Any]) -> dict[str, float]:
+    """Images seen by D per G step of each run (batch size times D steps per G step), from its last epoch."""
+    out = {}
+    for run in runs:
+        seen, steps = run.data.metrics.get("progress/images_seen"), run.data.metrics.get("progress/g_steps")
+        if seen and steps:
+            out[run.info.run_id] = seen / steps
+    return out
 
 
 def write_report(store: Store, study: str, out: Path | None = None, mixed_scoring: bool = False) -> ReportOutcome:
@@ -132,8 +109,9 @@ def write_report(store: Store, study: str, out: Path | None = None, mixed_scorin
     axis = next((name for name in varied if name in LOG_AXES), varied[0] if varied else None)
     variant_colors = colors(sorted(table["variant"].dropna().unique()))
     palette = Palette(table, axis, variant_colors)
-    latest = runs[0].data.metrics
-    floor = (latest.get(f"floor/{metric}", math.nan), latest.get(f"floor_sd/{metric}", math.nan))
+    # the floors are on the parent; a study of an earlier gansweep has them on every run
+    constants = parent.data.metrics if f"floor/{metric}" in parent.data.metrics else runs[0].data.metrics
+    floor = (constants.get(f"floor/{metric}", math.nan), constants.get(f"floor_sd/{metric}", math.nan))
 
     histories: dict[str, dict[str, list[tuple[int, float]]]] = {}
     finals: dict[str, Path] = {}
@@ -148,41 +126,39 @@ def write_report(store: Store, study: str, out: Path | None = None, mixed_scorin
             frames[run_id] = [f"grids/{run_id[:8]}/samples/{Path(g).name}" for g in grids]
             finals[run_id] = local / Path(grids[-1]).name
 
+    better = "lower" if direction == "minimize" else "higher"
     sensitivity(table, axis, metric, variant_colors, directory / "sensitivity.png", floor[0])
-    curves(histories, table, [f"test/{metric}"], palette, "epoch", directory / "scores.png", floor=floor)
-    curves(histories, table, ["loss/d", "loss/g"], palette, "G step", directory / "losses.png", smooth=True)
-    contact_sheet(table, finals, axis, metric, directory / "contact_sheet.png")
+    curves(histories, table, [f"test/{metric}"], palette, "epoch", directory / "scores.png", floor=floor,
+           better=better)
+    curves(histories, table, ["loss/d", "loss/g"], palette, "images seen by D", directory / "losses.png",
+           smooth=True, groups=_by_loss(runs, table), x_per_step=_images_per_step(runs))
+    in_order = table.sort_values(["variant", *([axis] if axis else []), "seed", "trial"], kind="stable")
+    contact_sheet(in_order, finals, axis, metric, directory / "contact_sheet.png")
 
-    best_html = ""
+    best = None
     scored = table[table[metric].notna()] if metric in table else table.iloc[0:0]
     if not scored.empty:
-        best = best_row(scored, metric, direction)
-        gif = directory / "grids" / best["run_id"][:8] / "samples" / "grids.gif"
+        row = best_row(scored, metric, direction)
+        gif = directory / "grids" / row["run_id"][:8] / "samples" / "grids.gif"
         if gif.exists():
             shutil.copyfile(gif, directory / "best.gif")
-            best_html = (f"<h2>Best trial over epochs</h2><p>trial {best['trial']} ({best['variant']}), "
-                         f"{metric} {best[metric]:.4g}</p><img src=\"{_embedded(directory / 'best.gif')}\" "
-                         f"alt=\"best trial\">")
+            best = {"trial": row["trial"], "variant": row["variant"], "score": f"{row[metric]:.4g}",
+                    "gif": _embedded(directory / "best.gif")}
 
     grids = {rid[:8]: {"frames": [_embedded(directory / p) for p in paths],
                        "captions": _captions(table[table["run_id"] == rid].iloc[0], axis, metric, len(paths),
                                              dict(histories[rid][f"test/{metric}"]))}
              for rid, paths in frames.items()}
-    cells = "".join(f'<figure><img id="grid-{rid}" src="{grid["frames"][-1]}" width="180">'
-                    f'<figcaption id="caption-{rid}">{html.escape(grid["captions"][-1])}</figcaption></figure>'
-                    for rid, grid in grids.items())
-    max_epoch = max((len(p) for p in frames.values()), default=1)
-    slider = _SLIDER.format(max_epoch=max_epoch, cells=cells, grids=json.dumps(grids))
-    description = html.escape(parent.data.params.get("description", ""))
-    (directory / "report.html").write_text(_PAGE.format(
-        title=f"gansweep study {html.escape(study)}", description=description, table=render(pick_columns(table, short_columns(table)), "html"),
-        best=best_html, slider=slider, objective=html.escape(metric),
-        better="lower" if direction == "minimize" else "higher",
-        colour=html.escape(f"{axis} (line style: variant)" if palette.numeric else "variant"),
-        **{name: _embedded(directory / f"{name}.png") for name in ("sensitivity", "scores", "losses",
-                                                                   "contact_sheet")}))
+    (directory / "report.html").write_text(_page(
+        study=study, description=parent.data.params.get("description", ""),
+        table=render(pick_columns(table, short_columns(table)), "html"),
+        objective=metric, better=better, best=best, grids=grids,
+        max_epoch=max((len(p) for p in frames.values()), default=1),
+        colour=f"{axis} (line style: variant)" if palette.numeric else "variant",
+        pictures={name: _embedded(directory / f"{name}.png")
+                  for name in ("sensitivity", "scores", "losses", "contact_sheet")}))
     pictures = ["sensitivity.png", "scores.png", "losses.png", "contact_sheet.png"] + \
-        (["best.gif"] if best_html else [])
+        (["best.gif"] if best else [])
     markdown = [f"# gansweep study {study}", "", parent.data.params.get("description", ""), "",
                 render(table.drop(columns=["mode_collapse", "noise"]), "md"), ""]
     markdown += [f"![{Path(p).stem}]({p})" for p in pictures]

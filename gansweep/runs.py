@@ -19,8 +19,9 @@ from gansweep.checkpoint import CheckpointHook
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset
 from gansweep.errors import ConfigError
-from gansweep.evaluation import SCORES, Evaluator, ScoreHook, check_eval_size
+from gansweep.evaluation import Evaluator, ScoreHook
 from gansweep.samples import SampleGridHook
+from gansweep.scores import SCORES, check_eval_size
 from gansweep.store import Store
 from gansweep.trainer import Hook, TrainResult, train_population
 from gansweep.variants import Variant
@@ -74,7 +75,7 @@ def tracked_population(client: Any, variant: Variant, data: Dataset, evaluator: 
 def _standard_hooks(client: Any, member: TrackedMember, work: Path, evaluator: Evaluator, objective: str
                     ) -> list[Hook]:
     from gansweep.progress import ProgressHook
-    from gansweep.tracking import MlflowHook
+    from gansweep.mlflow_hook import MlflowHook
 
     tracking = MlflowHook(client, member.run_id, work, f"score/{objective}",
                           {**evaluator.params(), **member.extra_params})
@@ -82,10 +83,11 @@ def _standard_hooks(client: Any, member: TrackedMember, work: Path, evaluator: E
         ScoreHook(evaluator), SampleGridHook(work / "samples"),
         CheckpointHook(work / "checkpoints", f"score/{objective}", SCORES[objective].direction == "minimize",
                        tracking.checkpoints_saved), tracking]
-    progress = [ProgressHook(member.label)] if member.label else []
+    # first, so that its epoch line and the bar's "scoring" come before the scores are computed
+    progress = [ProgressHook(member.label, scoring=evaluator.n)] if member.label else []
     if member.resume is not None:  # the grids of the epochs before, for the run's GIF
         client.download_artifacts(member.run_id, "samples", str(work))
-    return [*standard, *member.hooks, *progress]
+    return [*progress, *standard, *member.hooks]
 
 
 _WORK_PREFIX = "gansweep-run-"
@@ -132,7 +134,7 @@ def run_training(variant_name: str, data_config: DataConfig, store: Store, exper
     from gansweep.classifier import get_classifier
     from gansweep.data import get_source, load_dataset
     from gansweep.trainer import g_steps_per_epoch, resolve_device
-    from gansweep.tracking import client_for, experiment_id
+    from gansweep.tracking import client_for, experiment_id, run_tags
     from gansweep.variants import get_variant
 
     variant = get_variant(variant_name)
@@ -147,9 +149,9 @@ def run_training(variant_name: str, data_config: DataConfig, store: Store, exper
     evaluator = Evaluator(get_classifier(data), data, n_eval)
     client = client_for(store.tracking_uri)
     experiment_key = experiment_id(client, experiment or TRAIN_EXPERIMENT)
-    run = client.create_run(experiment_key, run_name=f"{variant.name} seed {config.seed}", tags={
+    run = client.create_run(experiment_key, run_name=f"{variant.name} seed {config.seed}", tags=run_tags({
         "gansweep.role": "run", "gansweep.variant": variant.name, "gansweep.dataset": data.record.name,
-        "gansweep.seed": str(config.seed)})
+        "gansweep.seed": str(config.seed)}))
     result = tracked_training(client, run.info.run_id, variant, config, data, evaluator, TRAIN_OBJECTIVE, {},
                               label=variant.name if progress else None)
     return RunOutcome(result, run.info.run_id, experiment_key, store.tracking_uri, config)

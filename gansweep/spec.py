@@ -34,11 +34,11 @@ _RENAMED = {"saturation_window": "a saturated D now ends every trial as diverged
 
 @dataclass(frozen=True)
 class Objective:
-    metric: str = "fid_proxy"  # a name in evaluation.SCORES, logged as score/NAME
+    metric: str = "fid_proxy"  # a name in scores.SCORES, logged as score/NAME
     direction: str = ""  # minimize or maximize; empty: the score's own direction
 
     def __post_init__(self) -> None:
-        from gansweep.evaluation import SCORES
+        from gansweep.scores import SCORES
 
         check_types(self)
         if self.metric not in SCORES:
@@ -110,7 +110,7 @@ class StudySpec:
 def _check_spec(spec: StudySpec) -> None:
     """Every rule a study must meet, for every variant it names and every value it can give a trial."""
     from gansweep.data import get_source
-    from gansweep.evaluation import check_eval_size
+    from gansweep.scores import check_eval_size
     from gansweep.trainer import g_steps_per_epoch
     from gansweep.variants import get_variant
 

@@ -10,7 +10,6 @@ create an empty one, and never write into it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -153,27 +152,24 @@ def mend_journal(path: Path) -> Path | None:
     return backup
 
 
-_HELD: set[Path] = set()  # store locks this process holds: a step under the lock may call another one
+_LOCKS: dict[Path, Any] = {}  # one FileLock per lock file, so that a step under the lock may call another one
 
 
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Serialises find-or-create steps of several processes on one local sqlite file (a file lock beside the
     database); a database or tracking server orders its own requests, so other stores need none. Reentrant in a
-    process."""
-    path = Path(uri.removeprefix("sqlite:///") + ".lock")
-    if not uri.startswith("sqlite:///") or path in _HELD:
+    process; a process that dies lets go of it."""
+    from filelock import FileLock
+
+    if not uri.startswith("sqlite:///"):
         yield
         return
+    path = Path(uri.removeprefix("sqlite:///") + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        _HELD.add(path)
-        try:
-            yield
-        finally:
-            _HELD.discard(path)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = _LOCKS.setdefault(path, FileLock(path, thread_local=False))
+    with lock:
+        yield
 
 
 def _rdb_storage(url: str, heartbeat_s: int, grace_s: int) -> Any:

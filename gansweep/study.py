@@ -114,9 +114,11 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     from gansweep.data import load_dataset
     from gansweep.evaluation import Evaluator
     from gansweep.liveness import Liveness
+    from gansweep.mlflow_hook import dataset_input
     from gansweep.tracking import client_for
     from gansweep.trainer import resolve_device
     from gansweep.grid import GridRunner
+    from gansweep.run_table import share_study_view
     from gansweep.search import SearchRunner
     from gansweep.summary import record_summary
 
@@ -141,6 +143,11 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     with _sigterm_interrupts():
         with store_lock(store.tracking_uri):  # two processes starting the same study at once share one parent
             study, parent_id, experiment, pinned = _open_study(client, storage, spec, options, local)
+        objective = spec.objective
+        share_study_view(client, experiment, spec.name, objective.metric, objective.direction == "minimize",
+                         list(spec.space))
+        if not client.get_run(parent_id).inputs.dataset_inputs:  # the study's data, in the Dataset column
+            client.log_inputs(parent_id, [dataset_input(data.record)])
         if pinned is not None:
             evaluator = pinned
         elif evaluator is None or parent_id != continued.info.run_id:
@@ -307,9 +314,11 @@ def _objective_text(spec: StudySpec) -> str:
 def _new_parent(client: Any, experiment: str, spec: StudySpec, study_name: str) -> str:
     from mlflow.entities import Param
 
-    run = client.create_run(experiment, run_name=study_name, tags={
+    from gansweep.tracking import run_tags
+
+    run = client.create_run(experiment, run_name=study_name, tags=run_tags({
         "gansweep.study": spec.name, "gansweep.role": "parent", "gansweep.optuna_study": study_name,
-        "mlflow.note.content": spec.description})
+        "mlflow.note.content": spec.description}))
     params = {"study": spec.name, "description": spec.description, "dataset": spec.dataset,
               "variants": ",".join(spec.variants), "budget_unit": spec.budget_unit, "epochs": spec.epochs,
               "batch_size": spec.batch_size, "objective": _objective_text(spec), "sampler": spec.sampler,

@@ -205,6 +205,7 @@ class TrialRunner:
         """The trial's MLflow run (new, or its point's earlier one to resume), config and hooks."""
         from gansweep.resume import resumable_attempt
         from gansweep.runs import TrackedMember
+        from gansweep.tracking import run_tags
         from gansweep.variants import get_variant
 
         spec = self.spec
@@ -221,7 +222,7 @@ class TrialRunner:
                 "gansweep.variant": variant.name, "gansweep.dataset": spec.dataset,
                 "gansweep.seed": str(params["seed"])}
         if resume is None:
-            run_id = self.client.create_run(self.experiment, run_name=name, tags=tags).info.run_id
+            run_id = self.client.create_run(self.experiment, run_name=name, tags=run_tags(tags)).info.run_id
         else:  # the same MLflow run goes on, now under this trial
             run_id = resume.run_id  # tagged with this trial before it runs again, so nobody ends it as lost
             self.client.set_tag(run_id, "gansweep.trial", str(trial.number))
@@ -233,7 +234,8 @@ class TrialRunner:
         if resume is not None:
             label += f" (resumed at epoch {resume.saved['epoch']})"
         extra = {"study": spec.name, "budget_unit": spec.budget_unit,
-                 "objective": spec.objective.key, **{f"swept.{k}": v for k, v in params.items()}}
+                 "objective": spec.objective.key,  # variant and seed are params of every run already
+                 **{f"swept.{k}": v for k, v in params.items() if k not in ("variant", "seed")}}
         hooks: list[Hook] = [OptunaReport(trial, spec.objective.key, spec.pruner)]
         if spec.collapse_window:
             hooks.append(CollapseStop(spec.collapse_window))

@@ -70,6 +70,18 @@ class Variant:
                               f"(no real-label target), got {config.label_smoothing}; leave it at 0")
         return config
 
+    def unused_fields(self, config: TrainConfig) -> set[str]:
+        """The fields of `config` that no part of this variant reads (a DCGAN's MLP widths, a clip value
+        without clipping, maxout's pieces without maxout), so a run's params show only what it used."""
+        parts = {name for arch in ARCHITECTURES.values() for name in arch.reads} | \
+            {name for reg in REGULARIZERS.values() for name in reg.reads} | {"label_smoothing", "maxout_pieces"}
+        used = set(self.architecture.reads) | set(self.regularizer_part.reads)
+        if self.loss_part.has_real_target:
+            used.add("label_smoothing")
+        if not (config.maxout and "maxout" in used):
+            used.discard("maxout_pieces")
+        return parts - used
+
 
 VARIANTS: dict[str, Variant] = {}
 

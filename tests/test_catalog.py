@@ -160,3 +160,7 @@ def test_a_wheel_installed_elsewhere_lists_and_runs_its_shipped_studies(tmp_path
     assert "study lr-sensitivity: 1 trial(s) run now, 1 in all" in run.stdout
     assert (tmp_path / "m.db").is_file() and (tmp_path / "optuna.journal").is_file()
     assert not (elsewhere / "mlruns").exists()
+    report = gansweep("report", "lr-sensitivity", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                      "-o", str(tmp_path / "report"))  # its page's template ships too
+    assert report.returncode == 0, report.stdout
+    assert "<h1>gansweep study lr-sensitivity</h1>" in (tmp_path / "report" / "report.html").read_text()

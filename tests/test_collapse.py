@@ -146,7 +146,7 @@ def test_the_run_s_tag_follows_its_note_as_it_grows(tmp_path):
     """A collapse tagged at epoch 3 and recovered at epoch 5: the MLflow tag says both, read back from the store."""
     from mlflow.tracking import MlflowClient
 
-    from gansweep.tracking import MlflowHook
+    from gansweep.mlflow_hook import MlflowHook
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "artifacts")))

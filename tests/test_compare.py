@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from gansweep.cli import main
+from gansweep.config import DataConfig
 from gansweep.errors import ConfigError
 from gansweep.export import comparison_table, find_runs, group_table, render
 from gansweep.report import write_report
@@ -78,7 +79,7 @@ def test_export_round_trips_against_mlflow(in_store):
         best = min(chosen, key=lambda m: m.value)
         assert row["fid_proxy"] == reported[2]
         assert row["fid_proxy_best"] == reported[best.step] and row["fid_proxy_best_epoch"] == best.step
-        assert row["lr"] == float(run.data.params["lr"]) and row["seed"] == int(run.data.tags["gansweep.seed"])
+        assert row["lr"] == float(run.data.params["swept.lr"]) and row["seed"] == int(run.data.tags["gansweep.seed"])
         assert row["trial"] == int(run.data.tags["gansweep.trial"]) and row["variant"] == "cgan"
         assert row["status"] == "finished" and row["epochs"] == 2
         assert row["cond_accuracy"] == run.data.metrics["test/cond_accuracy"]
@@ -201,6 +202,27 @@ def test_report_writes_the_page_and_logs_it_to_the_parent(in_store, tmp_path):
     assert again.exit_code == 2 and "not empty" in again.output
 
 
+def test_the_report_draws_losses_against_images_seen_and_each_loss_on_its_own_axes(in_store, tmp_path):
+    from gansweep.report import _by_loss, _images_per_step
+
+    client = MlflowClient(resolve_store().tracking_uri)
+    runs = find_runs(client, study="small")[0]
+    table = comparison_table(client, runs, ["fid_proxy"])
+    assert _images_per_step(runs) == {r.info.run_id: 200.0 for r in runs}  # batch 200, one D step per G step
+    assert _by_loss(runs, table) == {}  # one loss: one row of axes
+    other = MlflowClient(f"sqlite:///{tmp_path}/mixed.db")
+    experiment = other.create_experiment("mixed")
+    made = {}
+    for loss in ("wasserstein", "non-saturating", "wasserstein"):
+        run = other.create_run(experiment)
+        other.log_param(run.info.run_id, "loss", loss)
+        made[run.info.run_id] = loss
+    mixed = other.search_runs([experiment])
+    groups = _by_loss(mixed, pd.DataFrame({"run_id": list(made)}))
+    assert groups == {f"{loss} loss": [rid for rid, other_loss in made.items() if other_loss == loss]
+                      for loss in ("wasserstein", "non-saturating")}
+
+
 def test_sample_and_interpolate_from_the_best_trial(in_store, tmp_path):
     client = MlflowClient(resolve_store().tracking_uri)
     table = comparison_table(client, find_runs(client, study="small")[0], ["fid_proxy"])
@@ -270,7 +292,7 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store, tmp_path):
 
     from selenium.webdriver.common.by import By
 
-    from gansweep.tracking import experiment_url
+    from gansweep.run_table import experiment_url, view_key
 
     browser, reason = _browser()
     if browser is None:
@@ -291,13 +313,21 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store, tmp_path):
         client = MlflowClient(resolve_store().tracking_uri)
         runs, parent = find_runs(client, study="small")
         experiment = parent.info.experiment_id
-        # the link a study prints: sorted by the objective, best first, the runs listed flat
-        browser.get(experiment_url("127.0.0.1", port, experiment, "score/fid_proxy", True))
+        # the link a study prints: sorted by the objective, best first, with the objective and the swept value
+        # as columns, each run showing its score
+        browser.get(experiment_url("127.0.0.1", port, experiment, view_key("small")))
         _wait_for(lambda: "Sort: score/fid_proxy" in browser.find_element(By.TAG_NAME, "body").text)
+        shown = str(runs[0].data.metrics["score/fid_proxy"])
+        _wait_for(lambda: shown in browser.find_element(By.TAG_NAME, "body").text)
         text = browser.find_element(By.TAG_NAME, "body").text
         by_score = sorted(runs, key=lambda r: r.data.metrics["score/fid_proxy"])
         assert [text.index(r.info.run_name) for r in by_score] == sorted(text.index(r.info.run_name) for r in runs)
+        assert [text.index(str(r.data.metrics["score/fid_proxy"])) for r in by_score] == \
+            sorted(text.index(str(r.data.metrics["score/fid_proxy"])) for r in runs)  # each run's score, in order
+        headers = {h.text for h in browser.find_elements(By.XPATH, "//*[@role='columnheader']")}
+        assert {"score/fid_proxy", "test/fid_proxy", "swept.lr", "seed"} <= headers, headers
         browser.execute_script("window.localStorage.clear()")  # the UI keeps a sort; the plain link nests runs
+        browser.get("about:blank")  # a fresh page: the UI does not reload its runs on a change of the hash alone
 
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
 
@@ -309,6 +339,7 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store, tmp_path):
         link.find_elements(By.XPATH, "./preceding::*[self::button or @role='button'][1]")[0].click()  # expand
         names = [r.info.run_name for r in runs]
         _wait_for(lambda: all(name in browser.find_element(By.TAG_NAME, "body").text for name in names))
+        assert browser.find_element(By.TAG_NAME, "body").text.count("mnist-5k") == 5  # the Dataset column
 
         write_report(resolve_store(), "small", tmp_path / "report")  # logged under report/ of the parent
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{parent.info.run_id}"
@@ -344,7 +375,33 @@ def test_evaluate_recomputes_the_scores_the_run_logged(in_store):
         assert logged[f"eval/{name}"] == pytest.approx(run.data.metrics[f"score/{name}"], rel=1e-9, abs=1e-12)
         assert f"{name} " in result.output
     assert math.isfinite(logged["eval/parzen_ll"]) and logged["eval/parzen_ll_stderr"] > 0
-    assert f"{run.data.metrics['floor/fid_proxy']:.4g}" in result.output  # the floor beside the score
+    parent = find_runs(client, study="small")[1]
+    assert f"{parent.data.metrics['floor/fid_proxy']:.4g}" in result.output  # the floor beside the score
+
+
+def test_a_run_logs_what_it_used_and_the_study_its_constants_once(in_store):
+    """Params are the fields the variant reads, each once; the data and the source fill MLflow's Dataset and
+    Source columns; D's output is named a probability; the floors sit once on the parent."""
+    from gansweep.data import load_dataset
+
+    client = MlflowClient(resolve_store().tracking_uri)
+    runs, parent = find_runs(client, study="small")
+    record = load_dataset(DataConfig(dataset="mnist-5k")).record
+    for run in runs:
+        params = run.data.params
+        assert {"hidden", "z_dim", "dropout", "label_smoothing", "swept.lr", "seed", "variant"} <= set(params)
+        # an MLP without clipping, penalty or maxout; lr is swept, lr_g and lr_d unset
+        assert not {"width", "clip_value", "gp_weight", "r1_gamma", "maxout_pieces", "lr", "lr_g", "lr_d",
+                    "swept.seed", "swept.variant"} & set(params)
+        assert "None" not in params.values()
+        (used,) = run.inputs.dataset_inputs
+        assert (used.dataset.name, used.dataset.digest) == ("mnist-5k", record.checksum[:8])
+        assert [(t.key, t.value) for t in used.tags] == [("mlflow.data.context", "training")]
+        assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.user"]
+        assert 0 < run.data.metrics["d_prob/real"] <= 1 and "d/real" not in run.data.metrics
+        assert not any(k.startswith("floor") for k in run.data.metrics)
+    floor = client.get_metric_history(parent.info.run_id, "floor/fid_proxy")
+    assert len(floor) == 1 and floor[0].value > 0
 
 
 THREADED_EVALUATION = """

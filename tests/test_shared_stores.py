@@ -160,7 +160,7 @@ def check_grid_done(stores: Stores, name: str, may_be_lost: set[int]) -> None:
     for trial in done:
         run = by_id[trial.user_attrs["mlflow_run_id"]]
         assert run.data.tags["gansweep.trial"] == str(trial.number)
-        assert (float(run.data.params["lr"]), int(run.data.params["seed"])) == (trial.params["lr"],
+        assert (float(run.data.params["swept.lr"]), int(run.data.params["seed"])) == (trial.params["lr"],
                                                                                 trial.params["seed"])
     (parent,) = [r for r in runs if r.data.tags.get("gansweep.role") == "parent"]
     assert parent.info.status == "FINISHED"

@@ -5,7 +5,8 @@ import statistics
 
 import pytest
 
-from gansweep.tracking import EXTREMES, MlflowHook, client_for, experiment_id
+from gansweep.mlflow_hook import EXTREMES, MlflowHook
+from gansweep.tracking import client_for, experiment_id
 from gansweep.trainer import Hook, train
 from gansweep.variants import get_variant
 
@@ -47,11 +48,13 @@ def tracked(tiny_data, tmp_path):
 def test_a_step_curve_point_is_its_window_s_mean_at_the_window_s_last_step(tracked):
     client, run_id, logs, _ = tracked
     assert [log.steps[-1] for log in logs] == [4, 6, 10, 12, 16, 18]
+    logged = {"d/real": "d_prob/real", "d/fake": "d_prob/fake"}  # gan's D outputs a probability
     for name in logs[0].metrics:
-        points = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
+        points = sorted(client.get_metric_history(run_id, logged.get(name, name)), key=lambda m: m.step)
         assert [m.step for m in points] == [4, 6, 10, 12, 16, 18], name
         assert [m.value for m in points] == pytest.approx(
             [statistics.fmean(log.metrics[name]) for log in logs], rel=1e-12), name
+    assert not {"d/real", "d/fake"} & set(client.get_run(run_id).data.metrics)
     assert len(client.get_metric_history(run_id, "perf/images_per_s")) == 6
 
 

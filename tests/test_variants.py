@@ -42,7 +42,8 @@ def test_conditional_g_depends_on_the_label():
 
 
 @pytest.mark.parametrize("name, field, value", [
-    ("gan", "lr", 4e-4), ("gan", "dropout", 0.3), ("dcgan", "lr", 2e-4), ("wgan", "optimizer", "rmsprop"), ("wgan", "n_critic", 5), ("wgan", "lr", 5e-5),
+    ("gan", "lr", 4e-4), ("gan", "dropout", 0.3), ("dcgan", "lr", 2e-4), ("wgan", "optimizer", "rmsprop"),
+    ("wgan", "n_critic", 5), ("wgan", "lr", 5e-5),
     ("wgan-gp", "betas", (0.0, 0.9)), ("wgan-gp", "n_critic", 5), ("sngan", "n_critic", 1),
 ])
 def test_published_defaults(name, field, value):
@@ -115,3 +116,37 @@ def test_replace_rejects_unknown_fields():
 def test_separate_learning_rates():
     config = TrainConfig(lr=1e-3, lr_d=4e-3)
     assert (config.g_lr, config.d_lr) == (1e-3, 4e-3)
+
+
+_ARCH_CHANGES = {"hidden": (48,), "batchnorm": False, "maxout": True, "maxout_pieces": 3, "width": 16}
+
+
+@pytest.mark.parametrize("name", NINE)
+def test_a_field_the_variant_does_not_read_changes_nothing_it_builds(name):
+    """What a run logs as its params leaves out `unused_fields`: changing one of them must build the very same
+    G and D, and changing a field it reads must not."""
+    variant = get_variant(name)
+    base = variant.config(**{k: v for k, v in TINY.items() if k != "device"})
+    unused = variant.unused_fields(base)
+
+    def built(config):
+        torch.manual_seed(0)
+        g, d = variant.build(config, (1, 28, 28), 10)
+        return {**{f"g.{k}": v for k, v in g.state_dict().items()}, **{f"d.{k}": v for k, v in d.state_dict().items()}}
+
+    reference = built(base)
+    for field, value in _ARCH_CHANGES.items():
+        changed = built(base.replace(**{field: value}))
+        same = changed.keys() == reference.keys() and all(
+            changed[k].shape == reference[k].shape and torch.equal(changed[k], reference[k]) for k in reference)
+        assert same == (field in unused), field
+
+
+@pytest.mark.parametrize("name, unused", [
+    ("gan", {"clip_value", "gp_weight", "r1_gamma"}), ("lsgan", {"clip_value", "gp_weight", "r1_gamma"}),
+    ("wgan", {"gp_weight", "r1_gamma", "label_smoothing"}), ("wgan-gp", {"clip_value", "r1_gamma", "label_smoothing"}),
+    ("sngan", {"clip_value", "gp_weight", "r1_gamma", "label_smoothing"})])
+def test_only_the_variant_s_regularizer_and_a_loss_with_a_real_target_read_their_strengths(name, unused):
+    variant = get_variant(name)
+    strengths = {"clip_value", "gp_weight", "r1_gamma", "label_smoothing"}
+    assert variant.unused_fields(variant.config()) & strengths == unused
