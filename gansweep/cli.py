@@ -216,7 +216,6 @@ def _disk_full(error: BaseException) -> str | None:
                                                                          "person and starts fastest.")
 def ui(store: str | None, tracking_uri: str | None, host: str, port: int, workers: int) -> None:
     """Start the MLflow UI on the store that studies and runs write to."""
-    import subprocess
     import sys
 
     from gansweep.run_table import VIEW_TAG_PREFIX, experiment_url
@@ -236,10 +235,37 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
     click.echo(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
                "--workers", str(workers)]
+    raise SystemExit(_serve(command))
+
+
+def _serve(command: list[str]) -> int:
+    """Run the MLflow UI in a process group of its own and stop the whole group (its web server and job workers)
+    however `gansweep ui` ends, Ctrl-C or SIGTERM: stopping only the first process would leave its workers
+    serving the port."""
+    import os
+    import signal
+    import subprocess
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    server = subprocess.Popen(command, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        raise SystemExit(subprocess.call(command))
+        return server.wait()
     except KeyboardInterrupt:
-        raise SystemExit(0) from None
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for stop in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(server.pid, stop)
+                server.wait(timeout=15)
+                break
+            except ProcessLookupError:  # the group is gone already
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 _BEST = click.option("--best", is_flag=True, help="RUN_ID is a study name: use its best finished trial.")

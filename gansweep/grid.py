@@ -1,5 +1,9 @@
 """A grid study's trials: each point of the study's grid once, in the grid's order, points that share a step
-handed out together as a population."""
+handed out together as a population.
+
+A point is the variant, the swept values and the seed. The seed is the trial's user attribute, not an Optuna
+parameter: a study's parameters are its hyperparameters, so that Optuna's importance and contour plots (and
+optuna-dashboard's) are about them. Every point is enqueued: the runner, not a sampler, says which comes next."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ class GridRunner(TrialRunner):
         while limit is None or ran < limit:
             self._fail_dead()
             trials = self.study.get_trials(deepcopy=False)
-            taken = {point_key(t.params) for t in trials if t.state in LIVE}
+            taken = {point_key(asked_params(t)) for t in trials if t.state in LIVE}
             remaining = [p for p in grid if point_key(p) not in taken and not self._given_up(("point", point_key(p)))]
             if not remaining:
                 if limit is None and self._wait_for_others(lambda t: True):
@@ -37,11 +41,9 @@ class GridRunner(TrialRunner):
                 points = self._same_step(remaining, None if limit is None else limit - ran)
                 ran += self._run_population([self._point_ask(point) for point in points])
                 continue
-            failed = {point_key(t.params) for t in trials if t.state == TrialState.FAIL}
-            redo = [p for p in remaining if point_key(p) in failed]
-            if redo:  # GridSampler counts a failed point as visited; ask for it again explicitly
-                self.study.enqueue_trial(redo[0])
-            trial = self.study.ask()
+            trial = self._ask(remaining[0])
+            if trial is None:
+                continue
             with self.liveness.alive(trial):
                 params = self._grid_params(trial)
                 if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params),
@@ -51,11 +53,24 @@ class GridRunner(TrialRunner):
             ran += 1
         return ran
 
+    def _ask(self, point: dict[str, Any]) -> Any:
+        """A trial for `point`: its hyperparameters enqueued as Optuna parameters, its seed as a user attribute.
+        Another process may take the enqueued trial first; the fresh trial Optuna then makes holds no point,
+        and is ended as a duplicate (None)."""
+        self.study.enqueue_trial({k: v for k, v in point.items() if k != "seed"}, user_attrs={"seed": point["seed"]})
+        trial = self.study.ask()
+        if "seed" not in trial.user_attrs:
+            trial.set_user_attr("status", "duplicate")
+            trial.set_user_attr("reason", "its enqueued point was taken by another process")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
+        return trial
+
     def _grid_params(self, trial: Any) -> dict[str, Any]:
         params = {"variant": trial.suggest_categorical("variant", list(self.spec.variants))}
         for name, values in self.spec.space.items():
             params[name] = trial.suggest_categorical(name, list(values))
-        params["seed"] = trial.suggest_categorical("seed", list(self.spec.seeds))
+        params["seed"] = trial.user_attrs["seed"]
         return params
 
     def _same_step(self, points: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
@@ -67,8 +82,9 @@ class GridRunner(TrialRunner):
 
     def _point_ask(self, point: dict[str, Any]) -> Ask:
         def ask(alive: contextlib.ExitStack) -> Member | None:
-            self.study.enqueue_trial(point)
-            trial = self.study.ask()
+            trial = self._ask(point)
+            if trial is None:
+                return None
             alive.enter_context(self.liveness.alive(trial))
             params = self._grid_params(trial)
             if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params),

@@ -329,19 +329,9 @@ def _new_parent(client: Any, experiment: str, spec: StudySpec, study_name: str) 
 
 
 def _sampler(spec: StudySpec, seed: int) -> Any:
-    if spec.sampler == "grid":
-        return _AskTellGrid(spec.grid_axes(), seed=seed)
     if spec.sampler == "tpe":  # constant_liar: workers sampling at once see each other's running trials
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-class _AskTellGrid(optuna.samplers.GridSampler):
-    """Optuna's grid driven through ask/tell: the runner decides when the grid is done, so the sampler must not
-    call study.stop(), which Optuna allows only inside optimize()."""
-
-    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-        pass
+    return optuna.samplers.RandomSampler(seed=seed)  # a grid study's is never asked: grid.py enqueues each point
 
 
 def _pruner(spec: StudySpec) -> Any:

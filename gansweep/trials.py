@@ -52,8 +52,12 @@ def point_key(params: Mapping[str, Any]) -> tuple:
 
 
 def asked_params(trial: Any) -> dict[str, Any]:
-    """A trial's parameters, also while an enqueued one has not suggested them yet (Optuna holds them aside)."""
-    return trial.params or trial.system_attrs.get("fixed_params", {})
+    """A trial's point: its parameters (also while an enqueued one has not suggested them yet: Optuna holds them
+    aside) and its seed, a user attribute (a parameter in studies of an earlier gansweep)."""
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    if "seed" not in params and "seed" in trial.user_attrs:
+        params = {**params, "seed": trial.user_attrs["seed"]}
+    return params
 
 
 class TrialRunner:
@@ -192,7 +196,7 @@ class TrialRunner:
     def failures(self) -> tuple[str, ...]:
         """One line per grid point that failed in this invocation and has no finished or running trial now, and
         per search variant or re-run given up after its retries."""
-        live = {("point", point_key(t.params)) for t in self.study.get_trials(deepcopy=False, states=LIVE)}
+        live = {("point", point_key(asked_params(t))) for t in self.study.get_trials(deepcopy=False, states=LIVE)}
         return tuple(line for key, line in self.failed.items()
                      if (key not in live if key[0] == "point" else self._given_up(key)))
 

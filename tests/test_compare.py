@@ -364,6 +364,39 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store, tmp_path):
         server.wait(timeout=30)
 
 
+def test_stopping_gansweep_ui_stops_the_whole_mlflow_server(in_store):
+    """SIGTERM (a scheduler, `kill`) to `gansweep ui` leaves nothing serving the port: MLflow's web server and
+    job workers go with it."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "gansweep", "ui", "--port", str(port)], cwd=in_store,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        _wait_for(up, timeout=120)
+        ui.send_signal(signal.SIGTERM)
+        assert ui.wait(timeout=60) == 0
+        _wait_for(lambda: not up(), timeout=30)
+        with socket.socket() as again:  # the port is free: no worker of the old server listens on it
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connections may linger
+            again.bind(("127.0.0.1", port))
+    finally:
+        ui.kill()
+
+
 def test_evaluate_recomputes_the_scores_the_run_logged(in_store):
     """Same checkpoint, same evaluation noise, same N and feature network: the same numbers as during training."""
     client = MlflowClient(resolve_store().tracking_uri)

@@ -51,7 +51,7 @@ def test_a_study_in_one_population_records_the_same_study_as_one_trial_at_a_time
     assert one.ran == four.ran == 3
 
     def by_point(trials):
-        return {(t.params["lr"], t.params["seed"]): t for t in trials}
+        return {(t.params["lr"], t.user_attrs["seed"]): t for t in trials}
 
     one_points, four_points = by_point(one_trials), by_point(four_trials)
     assert one_points.keys() == four_points.keys() and len(one_points) == 3

@@ -142,7 +142,7 @@ def check_grid_done(stores: Stores, name: str, may_be_lost: set[int]) -> None:
     assert not by_state[TrialState.RUNNING] and not by_state[TrialState.WAITING], [
         (t.number, t.state.name, t.params) for t in trials if not t.state.is_finished()]
     done = by_state[TrialState.COMPLETE] + by_state[TrialState.PRUNED]
-    points = sorted((t.params["lr"], t.params["seed"]) for t in done)
+    points = sorted((t.params["lr"], t.user_attrs["seed"]) for t in done)
     assert len(points) == len(GRID) and set(points) == GRID, points
     dead = {t.number for t in by_state[TrialState.FAIL] if t.user_attrs.get("status") != "duplicate"}
     assert dead <= may_be_lost and len(dead) <= 1, [(t.number, t.user_attrs) for t in by_state[TrialState.FAIL]]
@@ -161,7 +161,7 @@ def check_grid_done(stores: Stores, name: str, may_be_lost: set[int]) -> None:
         run = by_id[trial.user_attrs["mlflow_run_id"]]
         assert run.data.tags["gansweep.trial"] == str(trial.number)
         assert (float(run.data.params["swept.lr"]), int(run.data.params["seed"])) == (trial.params["lr"],
-                                                                                trial.params["seed"])
+                                                                                trial.user_attrs["seed"])
     (parent,) = [r for r in runs if r.data.tags.get("gansweep.role") == "parent"]
     assert parent.info.status == "FINISHED"
 

@@ -62,6 +62,22 @@ def trials(name="tiny"):
     return study.get_trials()
 
 
+def test_a_grid_study_whose_trials_hold_the_seed_as_a_parameter_goes_on_without_running_a_point_twice(store):
+    """Studies of an earlier gansweep held the seed as an Optuna parameter: their points are still known as done."""
+    assert invoke("study", "tiny", "--trials", "1", "--device", "cpu").exit_code == 0
+    study = optuna.load_study(study_name="tiny", storage=resolve_store().optuna())
+    (first,) = study.get_trials()
+    earlier = {"variant": "gan", "lr": next(lr for lr in (1e-4, 3e-4, 1e-3) if lr != first.params["lr"]), "seed": 0}
+    study.add_trial(optuna.trial.create_trial(
+        params=earlier, value=100.0, distributions={
+            k: optuna.distributions.CategoricalDistribution([v]) for k, v in earlier.items()}))
+    result = invoke("study", "tiny", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "1 trial(s) run now, 3 in all" in result.output  # only the point neither had run
+    points = [(t.params["lr"], t.params.get("seed", t.user_attrs.get("seed"))) for t in trials()]
+    assert sorted(points) == [(1e-4, 0), (3e-4, 0), (1e-3, 0)]
+
+
 def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
     result = invoke("study", "tiny", "--trials", "1", "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -79,6 +95,8 @@ def test_one_trial_study_round_trips_through_mlflow_and_optuna(store):
     (trial,) = trials()
     assert trial.state == TrialState.COMPLETE
     assert optuna.load_study(study_name="tiny", storage=resolve_store().optuna()).metric_names == ["fid_proxy"]
+    # the study's parameters are its hyperparameters; the seed is the trial's user attribute
+    assert set(trial.params) == {"variant", "lr"} and trial.user_attrs["seed"] == 0
     assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
     # the parent run summarises the study: counts and the best trial as metrics, the table, the key pictures
     summary = client.get_run(parent.info.run_id).data.metrics
