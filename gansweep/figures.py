@@ -150,7 +150,8 @@ def curves(histories: dict[str, dict[str, list[tuple[int, float]]]], table: pd.D
                     if smooth:
                         ax.plot(steps, values, color=style["color"], linewidth=0.5, alpha=0.15)
                         values = _smoothed(list(values))
-                    ax.plot(steps, values, linewidth=0.9, alpha=0.8, **style)
+                    ax.plot(steps, values, linewidth=0.9, alpha=0.8, marker="o" if len(steps) == 1 else None,
+                            markersize=3, **style)  # a lone point (one window in all) shows as a dot
             if floor is not None and math.isfinite(floor[0]):
                 ax.axhline(floor[0], color="black", linestyle="--", linewidth=0.8)
                 if math.isfinite(floor[1]):
