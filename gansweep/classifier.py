@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torch import Tensor, nn
 
 from gansweep.atomic import atomic_path
@@ -162,6 +162,16 @@ def cached_records() -> list[dict]:
     return records
 
 
+def _cached(path: Path, channels: int, n_classes: int) -> Classifier | None:
+    """This machine's network in `path`, or None; a truncated or foreign file is retrained, never trusted."""
+    if not path.is_file():
+        return None
+    try:
+        return load_network_file(path, channels, n_classes)
+    except GansweepError:
+        return None
+
+
 def get_classifier(data: Dataset, log: bool = True) -> Classifier:
     """The feature network of `data`: the shipped one where there is one, else this machine's, trained and
     cached first if there is none yet."""
@@ -170,13 +180,22 @@ def get_classifier(data: Dataset, log: bool = True) -> Classifier:
     if record.name in SHIPPED:
         return _shipped(SHIPPED[record.name], channels, record.n_classes).to(device)
     path = cached_path(record.name, record.checksum)
+    cached = _cached(path, channels, record.n_classes)  # read without the lock: a read-only cache serves too
+    if cached is not None:
+        return cached.to(device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):  # two processes needing the network at once: one trains, the other waits
-        if path.is_file():
-            try:
-                return load_network_file(path, channels, record.n_classes).to(device)
-            except GansweepError:  # a truncated or foreign file is retrained, never trusted
-                pass
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log:
+            print(f"waiting for another process that is training the {record.name} feature network "
+                  f"({path.parent})", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:  # two processes needing the network at once: one trains, the other waits and loads it
+        cached = _cached(path, channels, record.n_classes)
+        if cached is not None:
+            return cached.to(device)
         if log:
             print(f"training the {record.name} feature network: no network ships for {record.name}, so its "
                   f"scores compare only with runs scored by this machine's (once per machine, cached in "
@@ -194,4 +213,6 @@ def get_classifier(data: Dataset, log: bool = True) -> Classifier:
         if log:
             print(f"trained the {record.name} feature network in {time.perf_counter() - started:.0f} s: "
                   f"accuracy {classifier.accuracy:.3f} on its test split", file=sys.stderr, flush=True)
+    finally:
+        lock.release()
     return classifier

@@ -228,7 +228,7 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
         raise InputError(f"{uri} is a tracking server already; open it in a browser")
     for experiment in client_for(uri, create=False).search_experiments():
         click.echo(f"{experiment.name}: {experiment_url(host, port, experiment.experiment_id)}")
-        for tag in sorted(t for t in experiment.tags if t.startswith(VIEW_TAG_PREFIX)):  # a study's sorted view
+        for tag in sorted(t for t in experiment.tags if t.startswith(f"{VIEW_TAG_PREFIX}gansweep-")):  # a study's
             view = tag.removeprefix(VIEW_TAG_PREFIX)
             click.echo(f"  sorted by the objective ({view}): "
                        f"{experiment_url(host, port, experiment.experiment_id, view)}")
@@ -240,32 +240,35 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
 
 def _serve(command: list[str]) -> int:
     """Run the MLflow UI in a process group of its own and stop the whole group (its web server and job workers)
-    however `gansweep ui` ends, Ctrl-C or SIGTERM: stopping only the first process would leave its workers
-    serving the port."""
+    however `gansweep ui` ends, Ctrl-C, SIGTERM or a closed terminal (SIGHUP): stopping only the first process
+    would leave its workers serving the port."""
     import os
     import signal
     import subprocess
+    import time
 
     def terminated(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     server = subprocess.Popen(command, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous = {s: signal.signal(s, terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return server.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        for stop in (signal.SIGTERM, signal.SIGKILL):
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for stop, patience in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            deadline = time.monotonic() + patience
             try:
                 os.killpg(server.pid, stop)
-                server.wait(timeout=15)
+                while time.monotonic() < deadline:  # until no process of the group is left
+                    server.poll()  # the first process, reaped once it exits
+                    os.killpg(server.pid, 0)
+                    time.sleep(0.2)
+            except ProcessLookupError:
                 break
-            except ProcessLookupError:  # the group is gone already
-                break
-            except subprocess.TimeoutExpired:
-                continue
 
 
 _BEST = click.option("--best", is_flag=True, help="RUN_ID is a study name: use its best finished trial.")

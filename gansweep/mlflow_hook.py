@@ -13,16 +13,18 @@ import platform
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
 
 import gansweep
-from gansweep.data import DataRecord
 from gansweep.tracking import checksum_tag, end_run, git_commit
 from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
+
+if TYPE_CHECKING:
+    from gansweep.data import DataRecord
 
 __all__ = ["MlflowHook", "window_points", "EXTREMES", "d_output_names", "dataset_input", "FLOOR_PREFIXES"]
 
@@ -64,14 +66,19 @@ class MlflowHook(Hook):
         run = self.client.get_run(self.run_id)
         self._log_params(state, run.data.params)
         self.names = d_output_names(state.variant.loss_part.probabilistic)
+        for old, new in self.names.items():  # a checkpoint of an earlier gansweep holds the trainer's names
+            if old in self.history:
+                self.history[new] = self.history.pop(old) + self.history.get(new, [])
         if not run.inputs.dataset_inputs:
             self.client.log_inputs(self.run_id, [dataset_input(state.data)])
         # the floors are the dataset's and the evaluation's, not the run's: logged once, on the study's parent
         constants_to = run.data.tags.get("mlflow.parentRunId", self.run_id)
         floors = [Metric(k, float(v), int(time.time() * 1000), 0) for k, v in state.scores.items()
                   if k.startswith(FLOOR_PREFIXES)]
-        if floors and floors[0].key not in self.client.get_run(constants_to).data.metrics:
-            self.client.log_batch(constants_to, metrics=floors)
+        logged = self.client.get_run(constants_to).data.metrics if floors else {}
+        missing = [m for m in floors if m.key not in logged]  # a conditional trial adds cond_accuracy's
+        if missing:
+            self.client.log_batch(constants_to, metrics=missing)
 
     def _log_params(self, state: TrainState, recorded: dict[str, str]) -> None:
         """What the run used: the fields its variant reads, set ones only, each once (a swept value under

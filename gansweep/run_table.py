@@ -41,15 +41,19 @@ def _param(name: str) -> str:
     return f"params.`{name}`"
 
 
-def share_study_view(client: Any, experiment: str, study: str, objective: str, ascending: bool,
+def share_study_view(client: Any, experiment: str, study: str, optuna_study: str, objective: str, ascending: bool,
                      swept: Sequence[str]) -> str:
-    """Write the study's view on its experiment: runs sorted by the objective (best first) and nested under
-    their parent, with the objective's final and test-slice values and every swept value as columns. Written
-    again by each invocation, so that it follows the study file. Returns the view's key."""
+    """Write the study's view on its experiment: the runs of its Optuna study alone (not an older --fresh one's,
+    nor another study's in a shared experiment), sorted by the objective, best first, with the objective's
+    validation and test values, every swept value, the variant and the seed as columns (MLflow's own Dataset and
+    Source columns would push them out of sight). Written again by each invocation, so that it follows the
+    latest study of that name. Returns the view's key."""
     columns = [_metric(f"score/{objective}"), _metric(f"test/{objective}"),
                *(_param(f"swept.{name}") for name in swept), _param("variant"), _param("seed")]
+    quote_mark = '"' if "'" in optuna_study else "'"
     state = {"orderByKey": _metric(f"score/{objective}"), "orderByAsc": ascending,
-             "searchFilter": "", "selectedColumns": list(dict.fromkeys(columns)), "runsExpanded": {}}
+             "searchFilter": f"tags.`gansweep.optuna_study` = {quote_mark}{optuna_study}{quote_mark}",
+             "selectedColumns": list(dict.fromkeys(columns)), "runsExpanded": {}}
     key = view_key(study)
     client.set_experiment_tag(experiment, VIEW_TAG_PREFIX + key, json.dumps(state))
     return key

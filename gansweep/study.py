@@ -114,11 +114,9 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     from gansweep.data import load_dataset
     from gansweep.evaluation import Evaluator
     from gansweep.liveness import Liveness
-    from gansweep.mlflow_hook import dataset_input
     from gansweep.tracking import client_for
     from gansweep.trainer import resolve_device
     from gansweep.grid import GridRunner
-    from gansweep.run_table import share_study_view
     from gansweep.search import SearchRunner
     from gansweep.summary import record_summary
 
@@ -143,11 +141,7 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
     with _sigterm_interrupts():
         with store_lock(store.tracking_uri):  # two processes starting the same study at once share one parent
             study, parent_id, experiment, pinned = _open_study(client, storage, spec, options, local)
-        objective = spec.objective
-        share_study_view(client, experiment, spec.name, objective.metric, objective.direction == "minimize",
-                         list(spec.space))
-        if not client.get_run(parent_id).inputs.dataset_inputs:  # the study's data, in the Dataset column
-            client.log_inputs(parent_id, [dataset_input(data.record)])
+            _describe(client, spec, study.study_name, experiment, parent_id, data.record)
         if pinned is not None:
             evaluator = pinned
         elif evaluator is None or parent_id != continued.info.run_id:
@@ -203,6 +197,26 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _describe(client: Any, spec: StudySpec, study_name: str, experiment: str, parent_id: str, record: Any) -> None:
+    """The study's view of its run table, and its data on the parent run (the Dataset column). Every worker
+    that starts writes them; of two at once on a database or a server, one may find the other's row there
+    first, which is as good as its own."""
+    from mlflow.exceptions import MlflowException
+
+    from gansweep.mlflow_hook import dataset_input
+    from gansweep.run_table import share_study_view
+
+    objective = spec.objective
+    try:
+        share_study_view(client, experiment, spec.name, study_name, objective.metric,
+                         objective.direction == "minimize", list(spec.space))
+        if not client.get_run(parent_id).inputs.dataset_inputs:
+            client.log_inputs(parent_id, [dataset_input(record)])
+    except MlflowException as e:
+        print(f"warning: the study's run-table view or data could not be recorded: "
+              f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
 
 
 def _end_parent(client: Any, parent_id: str, status: str) -> None:

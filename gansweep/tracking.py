@@ -106,11 +106,14 @@ def slug(name: str) -> str:
 
 
 def run_tags(tags: dict[str, str]) -> dict[str, str]:
-    """`tags` and MLflow's own of where a run comes from (user, source program, git commit), as its fluent API
-    sets them, so the run table's User and Source columns are filled."""
+    """`tags` and MLflow's own of where a run comes from (user, source program), as its fluent API sets them,
+    so the run table's User and Source columns are filled. The git commit is gansweep's checkout's (`git_commit`),
+    not that of whatever repository the program sits in."""
     from mlflow.tracking.context.registry import resolve_tags
 
-    return resolve_tags(tags)
+    resolved = {k: v for k, v in resolve_tags(tags).items() if not k.startswith("mlflow.source.git.")}
+    commit = git_commit()
+    return {**resolved, **({"mlflow.source.git.commit": commit} if commit else {})}
 
 
 def checksum_tag(name: str) -> str:

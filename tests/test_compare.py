@@ -435,6 +435,15 @@ def test_a_run_logs_what_it_used_and_the_study_its_constants_once(in_store):
         assert not any(k.startswith("floor") for k in run.data.metrics)
     floor = client.get_metric_history(parent.info.run_id, "floor/fid_proxy")
     assert len(floor) == 1 and floor[0].value > 0
+    assert client.get_metric_history(parent.info.run_id, "floor/cond_accuracy")  # a conditional study's too
+    # the study's view of the run table: its own runs, best first, the objective and the swept value as columns
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.gansweep-small"])
+    optuna_study = parent.data.tags["gansweep.optuna_study"]
+    assert view["searchFilter"] == f"tags.`gansweep.optuna_study` = '{optuna_study}'"
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`score/fid_proxy`", True)
+    assert {"metrics.`score/fid_proxy`", "params.`swept.lr`", "params.`seed`"} <= set(view["selectedColumns"])
+    matching = client.search_runs([parent.info.experiment_id], view["searchFilter"])  # MLflow's own syntax
+    assert {r.info.run_id for r in matching} == {r.info.run_id for r in runs} | {parent.info.run_id}
 
 
 THREADED_EVALUATION = """
