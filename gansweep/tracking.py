@@ -7,6 +7,7 @@ can hold its parent run open while each trial's child run starts and ends.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,12 @@ def full_run_id(client: MlflowClient, ref: str) -> str:
 def git_commit() -> str | None:
     """The commit of the gansweep checkout in use, when it is one: an installed gansweep that happens to sit
     inside another repository (a virtual environment in a project) has none."""
-    package = Path(gansweep.__file__).resolve().parent
+    return _commit_of(Path(gansweep.__file__).resolve().parent)
+
+
+@functools.cache
+def _commit_of(package: Path) -> str | None:
+    """Asked of git once per process: every run a study creates records it twice (a tag and a param)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package, text=True,
                              capture_output=True, timeout=5)
