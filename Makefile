@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/gansweep study lr-sensitivity --dataset mnist-5k --device cpu --epochs 1
+	$(BIN)/gansweep study lr-sensitivity --dataset mnist-5k --device cpu --epochs 1 --seeds 0
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -169,8 +169,8 @@ def study_share(device: torch.device, epochs: int) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="gansweep-bench-store-") as store:
             start = time.perf_counter()
             outcome = run_study(load_spec(find_spec("lr-sensitivity")),
-                                StudyOptions(variants=("gan",), dataset="mnist-5k", epochs=epochs, device=device.type,
-                                             store=store, progress=False))
+                                StudyOptions(variants=("gan",), dataset="mnist-5k", epochs=epochs, seeds=(0,),
+                                             device=device.type, store=store, progress=False))
             wall = time.perf_counter() - start
     finally:
         Population.step, MlflowHook.on_log = step, on_log

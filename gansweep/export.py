@@ -78,7 +78,9 @@ def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = 
     (and that epoch), how the run ended, and what it cost. The best epoch is chosen on the validation slice
     (`score/NAME`); every value shown is the test slice's (`test/NAME`), so no number is the one it was chosen by.
     A score with no test value (d_overfit, measured on D's own images; runs of a gansweep before the slices) shows
-    its `score/NAME`. `chosen_by` adds `NAME_val`, the final validation value that ranks runs (`best_row`).
+    its `score/NAME`. `NAME_se` is the final value's standard error over the run's samples (`test_se/NAME` or
+    `se/NAME`, beside the value it belongs to). `chosen_by` adds `NAME_val`, the final validation value that
+    ranks runs (`best_row`).
     Scores a run does not have (cond_accuracy of an unconditional variant) are left empty; a score no run has
     gets no columns."""
     for name in metrics:
@@ -96,8 +98,10 @@ def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = 
                 row[key.removeprefix("swept.")] = _number(value)
         for name in metrics:
             chosen = client.get_metric_history(run.info.run_id, f"score/{name}")
-            reported = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"test/{name}")} \
-                or {m.step: m.value for m in chosen}
+            reported = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"test/{name}")}
+            error = f"test_se/{name}"
+            if not reported:
+                reported, error = {m.step: m.value for m in chosen}, f"se/{name}"
             if not reported:
                 continue
             if name == chosen_by:
@@ -106,6 +110,7 @@ def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = 
             pick = min if SCORES[name].direction == "minimize" else max
             best = pick(finite, key=lambda m: m.value) if finite else None
             row[name] = reported[max(reported)]
+            row[f"{name}_se"] = latest.get(error, math.nan)  # the latest step's, which is the final value's
             row[f"{name}_best"] = reported[best.step] if best else math.nan
             row[f"{name}_best_epoch"] = best.step if best else None
         status = tags.get("gansweep.status", run.info.status.lower())
@@ -127,7 +132,10 @@ def comparison_table(client: Any, runs: Sequence[Any], metrics: Sequence[str] = 
 def group_table(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = DEFAULT_METRICS) -> pd.DataFrame:
     """Mean and standard deviation (n - 1) of each final score over the rows of each group: `n` rows in the
     group, `NAME_n` the values the mean and spread use (a diverged or unscored run has none), and `not_finished`
-    how many of the group's runs ended otherwise than finished."""
+    how many of the group's runs ended otherwise than finished. `NAME_se` is the mean's standard error from the
+    runs' own standard errors, sqrt(sum se^2) / n: how far the evaluation's sampling alone moves the mean, beside
+    `NAME_std`, which is the spread over seeds (training and evaluation together). It is empty where a run's
+    value has no standard error (an earlier gansweep's runs)."""
     missing = [c for c in by if c not in table.columns]
     if missing:
         raise ConfigError(f"cannot group by {', '.join(missing)}; columns: {', '.join(table.columns)}")
@@ -140,7 +148,17 @@ def group_table(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] =
         out[f"{name}_n"] = grouped[name].count()
         out[f"{name}_mean"] = grouped[name].mean()
         out[f"{name}_std"] = grouped[name].std(ddof=1)
+        if f"{name}_se" in table:
+            out[f"{name}_se"] = _mean_se(table, by, name)
     return out.reset_index()
+
+
+def _mean_se(table: pd.DataFrame, by: Sequence[str], name: str) -> pd.Series:
+    counted = table[name].notna()
+    errors = table[f"{name}_se"].where(counted)
+    parts = pd.DataFrame({"square": errors ** 2, "count": counted, "lacking": counted & errors.isna()})
+    sums = parts.groupby([table[c] for c in by], dropna=False, sort=True).sum()
+    return (sums["square"] ** 0.5 / sums["count"]).where((sums["count"] > 0) & (sums["lacking"] == 0))
 
 
 def sort_table(table: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -162,7 +180,8 @@ def short_columns(table: pd.DataFrame) -> list[str]:
     ended; the best-epoch columns, costs and notes are left to csv, json and --columns."""
     swept = table.attrs.get("swept", [])
     keep = ["trial", "variant", *swept, "seed", *(s for s in SCORES if s in table), "status", "epochs", "run_id"]
-    grouped = [c for c in table.columns if c == "n" or c == "not_finished" or c.endswith(("_mean", "_std"))]
+    grouped = [c for c in table.columns if c == "n" or c == "not_finished" or c.endswith(("_mean", "_std"))
+               or "n" in table and c.endswith("_se")]
     return [c for c in dict.fromkeys(keep + grouped) if c in table]
 
 

@@ -5,7 +5,8 @@ A step is: n_critic D updates (loss part + regularizer part, each on a fresh bat
 run is a population of one. Step metrics stay on the device in a small buffer and reach the host in one copy every
 `log_every` G steps, so the loop itself never waits on the device; divergence is judged on that copy
 (`DivergenceCheck`, per member) and on G's and D's weights once per epoch. Members end one by one (diverged,
-pruned, ...): an ended member is no longer updated and its run is closed while the others go on. Everything
+pruned, ...): an ended member is no longer updated and its run is closed while the others go on; so is a member
+whose hook raised an error, which `train_population` raises once the others are done. Everything
 around the loop (tracking, pruning, progress, sample grids, checkpoints) is a `Hook`, one set per member; this
 module imports neither mlflow nor optuna.
 """
@@ -186,10 +187,11 @@ class _Member:
     stopped: list[str] | None = None  # (status, reason): stopped before its first step (at on_start, or resumed
     # from a checkpoint of a run that a hook had already stopped)
     result: TrainResult | None = None
+    error: Exception | None = None  # raised by one of its hooks: it trains no further, and has no result
 
     @property
     def live(self) -> bool:
-        return self.result is None
+        return self.result is None and self.error is None
 
 
 def _resume(state: TrainState, saved: dict[str, Any], hooks: Sequence[Hook], divergence: DivergenceCheck) -> None:
@@ -249,7 +251,9 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
                      hooks: Sequence[Sequence[Hook]], resumes: Sequence[dict[str, Any] | None]
                      ) -> list[TrainResult]:
     """Train one run per config together, each exactly as `train` would alone, and report how each ended.
-    The configs must share `member_key`; `hooks[k]` and `resumes[k]` belong to member k."""
+    The configs must share `member_key`; `hooks[k]` and `resumes[k]` belong to member k. An error raised by a
+    member's hook (not StopTraining) stops that member where it is, leaving its run to the caller as a failure
+    (its last checkpoint is whole); the others train on, and the first such error is raised once they end."""
     _check_members(configs, hooks, resumes)
     config = configs[0]
     device = data.train_images.device
@@ -285,15 +289,27 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
     rngs = [m.state.rng for m in members]
     dropout_rngs = [m.state.dropout_rng for m in members]
 
-    def end(member: _Member, status: str, reason: str) -> None:
+    def stop(member: _Member) -> None:
         population.end(member.index)
         # the step still draws for every member: an ended one's own generators are left as they ended
         rngs[member.index], dropout_rngs[member.index] = _generator(device, 0), _generator(device, 0)
-        for hook in member.hooks:
-            hook.on_stop(member.state, status)
-        member.result = _result(member.state, status, reason, started)
-        for hook in member.hooks:
-            hook.on_end(member.state, member.result)
+
+    def fail(member: _Member, error: Exception) -> None:
+        if member.live:
+            stop(member)
+        member.error = error
+
+    def end(member: _Member, status: str, reason: str) -> None:
+        stop(member)
+        try:
+            for hook in member.hooks:
+                hook.on_stop(member.state, status)
+            result = _result(member.state, status, reason, started)
+            member.result = result
+            for hook in member.hooks:
+                hook.on_end(member.state, result)
+        except Exception as e:
+            member.result, member.error = None, e
 
     def flush() -> None:
         if not pending:
@@ -319,6 +335,8 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
                     hook.on_log(member.state, log)
             except StopTraining as e:
                 end(member, e.status, e.reason)
+            except Exception as e:
+                fail(member, e)
 
     def epoch_end(member: _Member) -> None:
         state = member.state
@@ -333,8 +351,14 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
                 hook.on_epoch_end(state)
             _checkpoint(member, started)
         except StopTraining as e:  # the epoch is whole: checkpoint it, and a resume ends the same way
-            _checkpoint(member, started, e)
+            try:
+                _checkpoint(member, started, e)
+            except Exception as error:
+                fail(member, error)
+                return
             end(member, e.status, e.reason)
+        except Exception as e:
+            fail(member, e)
 
     try:
         for member in members:
@@ -343,7 +367,11 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
                     hook.on_start(member.state)
             except StopTraining as e:
                 member.stopped = [e.status, e.reason]
+            except Exception as e:
+                fail(member, e)
         for member in members:
+            if not member.live:
+                continue
             if member.stopped is not None:
                 end(member, *member.stopped)
             elif member.state.epoch >= member.state.config.epochs:
@@ -384,6 +412,9 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
                 except Exception:  # a store gone as well: the interrupt is what ends the run, and what is raised
                     pass
         raise
+    errors = [m.error for m in members if m.error is not None]
+    if errors:
+        raise errors[0]
     return [m.result for m in members]
 
 

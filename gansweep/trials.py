@@ -121,6 +121,7 @@ class TrialRunner:
         failed, is ended too, so that nothing stays RUNNING. Returns how many trials trained."""
         members: list[Member] = []
         handed: set[int] = set()
+        returned = 0
         with contextlib.ExitStack() as alive:
             try:
                 for ask in asks:
@@ -132,7 +133,7 @@ class TrialRunner:
                     groups.setdefault((self._step_key(member.params), epoch), []).append(member)
                 for group in groups.values():
                     handed.update(m.trial.number for m in group)
-                    self._train_together(group)
+                    returned += self._train_together(group)
             except BaseException as e:
                 for member in members:
                     if member.trial.number not in handed:
@@ -141,7 +142,7 @@ class TrialRunner:
                         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
                         self._end(member.trial, member.tracked.run_id, status, f"not trained: {_reason(e)}")
                 raise
-        return len(members)
+        return len(members) - returned
 
     def _fail_dead(self) -> None:
         """Fail the trials of dead processes, and end the MLflow runs they left RUNNING."""
@@ -248,9 +249,14 @@ class TrialRunner:
                                 None if resume is None else resume.saved)
         return Member(trial, params, key, f"trial {trial.number} ({name})", variant, tracked, recorded)
 
-    def _train_together(self, members: list[Member]) -> None:
+    def _train_together(self, members: list[Member]) -> int:
         """Train the members as one population (one step for all; each its own run). Each is recorded the moment
-        it ends (`_Recorded`); an error of the population is that of every member not ended by then."""
+        it ends (`_Recorded`); an error of the population is that of every member not ended by then. A population
+        that runs out of device memory hands its open members back, resumable and not counted as a failed try,
+        and halves the population size for the rest of the study: the estimate (`members_that_fit`) was too
+        generous. Returns how many members it handed back."""
+        import torch
+
         from gansweep.runs import tracked_population
 
         def still_open() -> list[Member]:
@@ -269,12 +275,33 @@ class TrialRunner:
         except GansweepError as e:
             for m in still_open():
                 self._fail(m.trial, m.tracked.run_id, m.key, m.what, str(e))
-        except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then raised
-            for m in still_open():
-                with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
+        except torch.OutOfMemoryError as e:
+            if len(members) == 1:
+                self._failed_with(still_open(), e)
+                raise
+            self.population = max(1, len(members) // 2)
+            back = still_open()
+            for m in back:
+                with contextlib.suppress(Exception):
                     m.trial.set_user_attr(RESUMABLE_ATTR, True)
-                self._fail(m.trial, m.tracked.run_id, m.key, m.what, _reason(e))
+                self._end(m.trial, m.tracked.run_id, "failed", f"out of memory in a population of {len(members)}; "
+                          f"run again in populations of at most {self.population}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if self.progress:
+                print(f"out of memory training {len(members)} trials together: {len(back)} handed back, to train "
+                      f"in populations of at most {self.population}", file=sys.stderr)
+            return len(back)
+        except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then raised
+            self._failed_with(still_open(), e)
             raise
+        return 0
+
+    def _failed_with(self, members: list[Member], error: BaseException) -> None:
+        for m in members:
+            with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
+                m.trial.set_user_attr(RESUMABLE_ATTR, True)
+            self._fail(m.trial, m.tracked.run_id, m.key, m.what, _reason(error))
 
     def _record(self, trial: Any, result: TrainResult) -> None:
         spec = self.spec

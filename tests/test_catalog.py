@@ -154,7 +154,8 @@ def test_a_wheel_installed_elsewhere_lists_and_runs_its_shipped_studies(tmp_path
     assert sorted(listed) == SHIPPED
     assert all(f"{target}/gansweep/studies/{name}.toml" in listed[name] for name in SHIPPED), listing.stdout
 
-    run = gansweep("study", "lr-sensitivity", "--variant", "gan", "--epochs", "1", "--trials", "1", "--device", "cpu",
+    run = gansweep("study", "lr-sensitivity", "--variant", "gan", "--dataset", "mnist-5k", "--epochs", "1",
+                   "--trials", "1", "--device", "cpu",
                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--storage", str(tmp_path / "optuna.journal"))
     assert run.returncode == 0, run.stdout
     assert "study lr-sensitivity: 1 trial(s) run now, 1 in all" in run.stdout

@@ -83,6 +83,7 @@ def test_export_round_trips_against_mlflow(in_store):
         assert row["trial"] == int(run.data.tags["gansweep.trial"]) and row["variant"] == "cgan"
         assert row["status"] == "finished" and row["epochs"] == 2
         assert row["cond_accuracy"] == run.data.metrics["test/cond_accuracy"]
+        assert row["fid_proxy_se"] == run.data.metrics["test_se/fid_proxy"] > 0
         assert row["wall_s"] == run.data.metrics["perf/wall_time_s"] and row["images_per_s"] > 0
     assert [r["fid_proxy"] for r in rows] == sorted(r["fid_proxy"] for r in rows)  # the objective, best first
 
@@ -129,25 +130,33 @@ def test_numbers_keep_one_plain_format_per_column():
 
 
 def test_grouped_export_on_a_hand_made_store(tmp_path):
-    """Four runs made by hand: variant a at lr 0.1 with fid 1 and 3, at lr 0.2 with 5; variant b with 10."""
+    """Four runs made by hand: variant a at lr 0.1 with fid 1 and 3 (standard errors 0.3 and 0.4), at lr 0.2
+    with 5 (0.5); variant b with 10 and no standard error, as an earlier gansweep's run."""
     uri = f"sqlite:///{tmp_path}/hand.db"
     client = MlflowClient(uri)
     experiment = client.create_experiment("hand")
-    for seed, (variant, lr, fid) in enumerate([("a", 0.1, 1.0), ("a", 0.1, 3.0), ("a", 0.2, 5.0), ("b", 0.1, 10.0)]):
+    runs = [("a", 0.1, 1.0, 0.3), ("a", 0.1, 3.0, 0.4), ("a", 0.2, 5.0, 0.5), ("b", 0.1, 10.0, None)]
+    for seed, (variant, lr, fid, se) in enumerate(runs):
         run = client.create_run(experiment)
+        errors = [] if se is None else [Metric("test_se/fid_proxy", 9.0, 0, 1), Metric("test_se/fid_proxy", se, 0, 2),
+                                        Metric("se/fid_proxy", 8.0, 0, 2)]
         client.log_batch(run.info.run_id, metrics=[Metric(f"{s}/fid_proxy", fid + 7, 0, 1) for s in ("score", "test")]
-                         + [Metric(f"{s}/fid_proxy", fid, 0, 2) for s in ("score", "test")],
+                         + [Metric(f"{s}/fid_proxy", fid, 0, 2) for s in ("score", "test")] + errors,
                          params=[Param("swept.lr", str(lr))],
                          tags=[RunTag("gansweep.variant", variant), RunTag("gansweep.seed", str(seed))])
     table = comparison_table(client, find_runs(client, experiment="hand")[0], ["fid_proxy"])
+    by_fid = table.set_index("fid_proxy")["fid_proxy_se"]  # the final test value's own error, not validation's
+    assert by_fid[1.0] == 0.3 and by_fid[3.0] == 0.4 and by_fid[5.0] == 0.5 and math.isnan(by_fid[10.0])
     grouped = group_table(table, ["variant", "lr"], ["fid_proxy"])
     expected = pd.DataFrame({"variant": ["a", "a", "b"], "lr": [0.1, 0.2, 0.1], "n": [2, 1, 1],
                              "not_finished": [2, 1, 1], "fid_proxy_n": [2, 1, 1],
-                             "fid_proxy_mean": [2.0, 5.0, 10.0], "fid_proxy_std": [math.sqrt(2), math.nan, math.nan]})
+                             "fid_proxy_mean": [2.0, 5.0, 10.0], "fid_proxy_std": [math.sqrt(2), math.nan, math.nan],
+                             "fid_proxy_se": [math.sqrt(0.3 ** 2 + 0.4 ** 2) / 2, 0.5, math.nan]})
     pd.testing.assert_frame_equal(grouped, expected)  # hand-made runs have no gansweep status: not finished
     result = invoke("export", "--experiment", "hand", "--group-by", "variant,lr", "--metrics", "fid_proxy",
                     "--format", "csv", "--tracking-uri", uri)
-    assert result.output.splitlines()[0] == "variant,lr,n,not_finished,fid_proxy_n,fid_proxy_mean,fid_proxy_std"
+    assert result.output.splitlines()[0] == \
+        "variant,lr,n,not_finished,fid_proxy_n,fid_proxy_mean,fid_proxy_std,fid_proxy_se"
     assert result.output.splitlines()[1].startswith("a,0.1,2,2,2,2.0,1.414")  # sorted by the mean, best first
     assert [line.split(",")[3 + 2] for line in result.output.splitlines()[1:]] == ["2.0", "5.0", "10.0"]
 

@@ -155,6 +155,58 @@ def test_a_member_pruned_at_an_epoch_ends_there_while_the_others_finish(tiny_dat
     _assert_same_run(records[2], _alone(variant, configs[2], tiny_data))
 
 
+class BreakAt(Hook):
+    """A hook with a bug that shows at one event of one epoch."""
+
+    def __init__(self, event: str, epoch: int):
+        self.event, self.epoch = event, epoch
+
+    def _maybe(self, state, event):
+        if event == self.event and state.epoch == self.epoch:
+            raise RuntimeError(f"broken at {event} of epoch {state.epoch}")
+
+    def on_start(self, state):
+        self._maybe(state, "on_start")
+
+    def on_log(self, state, log):
+        self._maybe(state, "on_log")
+
+    def on_epoch_end(self, state):
+        self._maybe(state, "on_epoch_end")
+
+    def on_stop(self, state, status):
+        self._maybe(state, "on_stop")
+
+
+@pytest.mark.parametrize("event,epoch", [("on_start", 0), ("on_log", 1), ("on_epoch_end", 2), ("on_stop", 3)])
+def test_a_member_whose_hook_breaks_stops_there_and_the_others_finish_as_alone(tiny_data, event, epoch):
+    """The error is raised once the others have ended; the broken member has no result and trained no further
+    (it saw no later epoch), and the others are each their run alone."""
+    variant, configs = _configs("gan")
+    records = [Record() for _ in configs]
+    seen = Record()
+
+    class Epochs(Hook):
+        def on_epoch_end(self, state):
+            seen.metrics[("epoch", state.epoch)] = 1.0
+
+    hooks = [[records[0]], [Epochs(), BreakAt(event, epoch), records[1]], [records[2]]]
+    with pytest.raises(RuntimeError, match=f"broken at {event} of epoch {epoch}"):
+        train_population(variant, configs, tiny_data, hooks, [None] * 3)
+    assert not hasattr(records[1], "result")  # never ended as if it had trained well
+    assert max((e for _, e in seen.metrics), default=0) == epoch  # the epochs it completed, and none after
+    for k in (0, 2):
+        _assert_same_run(records[k], _alone(variant, configs[k], tiny_data))
+
+
+def test_a_single_run_whose_hook_breaks_raises_its_error(tiny_data):
+    variant, configs = _configs("gan")
+    record = Record()
+    with pytest.raises(RuntimeError, match="broken at on_log of epoch 0"):
+        train(variant, configs[0], tiny_data, [BreakAt("on_log", 0), record])
+    assert not hasattr(record, "result") and record.metrics == {}
+
+
 @pytest.mark.parametrize("change", [dict(batch_size=8), dict(hidden=(16,)), dict(dropout=0.0), dict(epochs=2)])
 def test_members_that_cannot_share_one_step_are_refused(tiny_data, change):
     variant, configs = _configs("gan")

@@ -4,8 +4,10 @@ through Optuna's and MLflow's APIs."""
 
 from __future__ import annotations
 
+import math
 import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from gansweep.spec import load_spec
@@ -121,6 +123,83 @@ def test_a_member_that_ended_keeps_its_record_when_its_population_is_interrupted
     client = MlflowClient(store.tracking_uri)
     statuses = {t.params["lr"]: client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in trials.values()}
     assert statuses == {10.0: "FAILED", 1e-4: "KILLED", 3e-4: "KILLED"}  # MLflow's names for diverged, interrupted
+
+
+def test_a_member_whose_hook_breaks_fails_alone_and_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """A bug in one member's scoring at epoch 2 (of 2): its two peers finish and are recorded, the broken trial
+    fails with the error, resumable, its run FAILED, and the error reaches the user. Run again, the broken point
+    alone goes on from its epoch-1 checkpoint and finishes."""
+    from optuna.trial import TrialState
+
+    from gansweep.evaluation import ScoreHook
+    from gansweep.resume import RESUMABLE_ATTR
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    path = tmp_path / "studies" / "tiny.toml"
+    path.write_text(TINY_STUDY.format(extra=""))
+    scored = ScoreHook.on_epoch_end
+
+    def broken_for_one(self, state):
+        if state.config.lr == 3e-4 and state.epoch == 2:
+            raise RuntimeError("a bug in scoring")
+        scored(self, state)
+
+    monkeypatch.setattr(ScoreHook, "on_epoch_end", broken_for_one)
+    with pytest.raises(RuntimeError, match="a bug in scoring"):
+        run_study(load_spec(path), StudyOptions(device="cpu", progress=False, population="3"))
+    store = resolve_store()
+    client = MlflowClient(store.tracking_uri)
+    trials = {t.params["lr"]: t for t in optuna.load_study(study_name="tiny", storage=store.optuna()).get_trials()}
+    assert {lr: t.state for lr, t in trials.items()} == \
+        {1e-4: TrialState.COMPLETE, 3e-4: TrialState.FAIL, 1e-3: TrialState.COMPLETE}
+    broken = trials[3e-4]
+    assert broken.user_attrs["status"] == "failed" and broken.user_attrs[RESUMABLE_ATTR] is True
+    assert broken.user_attrs["reason"] == "RuntimeError: a bug in scoring"
+    assert all(t.user_attrs["epochs"] == 2 for lr, t in trials.items() if lr != 3e-4)
+    statuses = {lr: client.get_run(t.user_attrs["mlflow_run_id"]).info.status for lr, t in trials.items()}
+    assert statuses == {1e-4: "FINISHED", 3e-4: "FAILED", 1e-3: "FINISHED"}
+
+    monkeypatch.setattr(ScoreHook, "on_epoch_end", scored)
+    outcome = run_study(load_spec(path), StudyOptions(device="cpu", progress=False, population="3"))
+    assert outcome.ran == 1
+    again = [t for t in optuna.load_study(study_name="tiny", storage=store.optuna()).get_trials()
+             if t.number not in {t.number for t in trials.values()}]
+    assert len(again) == 1 and again[0].params["lr"] == 3e-4 and again[0].state == TrialState.COMPLETE
+    assert again[0].user_attrs["resumed_at_epoch"] == 1
+    assert again[0].user_attrs["mlflow_run_id"] == broken.user_attrs["mlflow_run_id"]  # the same run goes on
+    runs = client.search_runs([client.get_run(broken.user_attrs["mlflow_run_id"]).info.experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED"}  # the parent too: nothing RUNNING, nothing lost
+
+
+def test_a_population_out_of_memory_is_handed_back_and_trained_in_halves(tmp_path, monkeypatch, capsys):
+    """Device memory runs out at the first step of the population of 3 (the estimate was too generous): its
+    trials are handed back without counting as failed tries, and the points train in populations of one,
+    finished as the same study trained one at a time would be."""
+    from optuna.trial import TrialState
+
+    from gansweep.population import Population
+
+    stepped = Population.step
+
+    def out_of_memory_for_many(self, *args, **kwargs):
+        if self.k > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return stepped(self, *args, **kwargs)
+
+    monkeypatch.setattr(Population, "step", out_of_memory_for_many)
+    outcome, trials, client = _run(tmp_path, monkeypatch, "3")
+    assert outcome.ran == 3 and not outcome.failed
+    back = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(back) == 3 and {t.user_attrs["population"] for t in back} == {3}
+    assert {t.user_attrs["reason"] for t in back} == \
+        {"out of memory in a population of 3; run again in populations of at most 1"}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lr"] for t in done) == [1e-4, 2e-4, 3e-4]
+    assert {t.user_attrs["population"] for t in done} == {1}
+    assert all(math.isfinite(t.value) for t in done)
+    assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in trials} <= {"FINISHED", "FAILED"}
+    assert "out of memory training 3 trials together" not in capsys.readouterr().err  # progress off: quiet
 
 
 def test_a_sampled_study_asks_for_a_population_of_trials_at_once(tmp_path, monkeypatch):

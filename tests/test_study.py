@@ -207,13 +207,19 @@ def test_space_values_are_range_checked(tmp_path):
 
 
 def test_shipped_studies_load_and_are_listed():
+    from gansweep.catalog import find_spec
+
     result = invoke("list", "studies")
     for name in ("lr-sensitivity", "dropout", "label-smoothing", "critic-iterations", "variant-shootout", "tune",
                  "fair-comparison"):
         assert name in result.output
-    spec = load_spec(__import__("gansweep.catalog", fromlist=["find_spec"]).find_spec("lr-sensitivity"))
+    spec = load_spec(find_spec("lr-sensitivity"))
     assert spec.sampler == "grid" and spec.pruner == "none"
-    assert len(spec.grid_points()) == 3 * len(spec.space["lr"])
+    assert len(spec.grid_points()) == 3 * len(spec.space["lr"]) * len(spec.seeds)
+    # the classic questions' studies carry budgets that can answer them on full MNIST: seed bands and p < 0.01
+    for name in ("lr-sensitivity", "dropout", "label-smoothing", "critic-iterations", "variant-shootout"):
+        spec = load_spec(find_spec(name))
+        assert spec.dataset == "mnist" and len(spec.seeds) >= 5 and spec.epochs >= 10, name
 
 
 def test_unknown_study_is_exit_code_2(store):
