@@ -21,14 +21,14 @@ __all__ = ["MemberOptimizer", "Adam", "RMSprop"]
 
 
 def _per_member(values: Tensor, like: Tensor) -> Tensor:
-    """(K,) -> (K, 1, ..., 1) in `like`'s dtype, broadcastable against a stacked tensor `like` of shape (K, ...)."""
-    return values.to(like.dtype).view(-1, *(1,) * (like.dim() - 1))
+    """(K,) -> (K, 1, ..., 1), broadcastable against a stacked tensor `like` of shape (K, ...)."""
+    return values.view(-1, *(1,) * (like.dim() - 1))
 
 
 def _only_active(grad: Tensor, active: Tensor) -> Tensor:
     """Zero for members that have ended: with a zero weight as well, their parameters and moments stay exactly as
     they are, even where their gradient is not finite (0 * inf would be NaN)."""
-    return torch.where(_per_member(active, grad).bool(), grad, 0.0)
+    return torch.where(_per_member(active.bool(), grad), grad, 0.0)
 
 
 class MemberOptimizer(abc.ABC):
@@ -41,14 +41,24 @@ class MemberOptimizer(abc.ABC):
     def __init__(self, params: Sequence[Tensor], lr: Tensor):
         self.params, self.lr = list(params), lr.double()
         self.steps = torch.zeros_like(self.lr)
+        self.every = torch.ones_like(self.lr)  # the mask of a step where no member has ended
         self.moments = {name: [torch.zeros_like(p) for p in self.params] for name in self.moment_names}
 
-    def step(self, grads: Sequence[Tensor], active: Tensor) -> None:
+    def step(self, grads: Sequence[Tensor], active: Tensor | None = None) -> None:
         """One update of every member whose `active` entry is 1 (a float mask of shape (K,)); others stay as
-        they are, their moments too."""
-        active = active.double()
+        they are, their moments too. None: every member, as the caller knows without asking the device, so no
+        pass over the gradients masks them."""
+        if active is None:
+            active = self.every
+        else:
+            active = active.double()
+            grads = [_only_active(g, active) for g in grads]
         self.steps.add_(active)
-        self._update([_only_active(g, active) for g in grads], active)
+        self._update(grads, active)
+
+    def _cast(self, *values: Tensor) -> list[Tensor]:
+        """Per-step (K,) scalars, worked out in float64, in the parameters' dtype: cast once for all tensors."""
+        return [v.to(self.params[0].dtype) for v in values]
 
     @abc.abstractmethod
     def _update(self, grads: Sequence[Tensor], active: Tensor) -> None:
@@ -94,6 +104,7 @@ class Adam(MemberOptimizer):
         w1, w2 = (1 - beta1) * active, (1 - beta2) * active
         step_size = self.lr * active / (1 - beta1 ** step)
         inverse_bias_correction2_sqrt = (1 - beta2 ** step).rsqrt()
+        w1, w2, step_size, inverse_bias_correction2_sqrt = self._cast(w1, w2, step_size, inverse_bias_correction2_sqrt)
         for p, g, m, v in zip(self.params, grads, self.moments["exp_avg"], self.moments["exp_avg_sq"]):
             m.lerp_(g, _per_member(w1, p))
             v.lerp_(g.square(), _per_member(w2, p))
@@ -111,7 +122,7 @@ class RMSprop(MemberOptimizer):
     alpha, eps = 0.99, 1e-8
 
     def _update(self, grads: Sequence[Tensor], active: Tensor) -> None:
-        weight, lr = (1 - self.alpha) * active, self.lr * active
+        weight, lr = self._cast((1 - self.alpha) * active, self.lr * active)
         for p, g, s in zip(self.params, grads, self.moments["square_avg"]):
             s.lerp_(g.square(), _per_member(weight, p))
             p.addcdiv_(g * _per_member(lr, p), s.sqrt().add_(self.eps), value=-1)

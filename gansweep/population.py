@@ -6,9 +6,11 @@ applied with `torch.func.functional_call` under `torch.func.vmap` over the membe
 instead of K small ones is the point. On the CPU the same function is called on each member's slice in turn
 (`VECTORIZE_ON_CPU`): there vmap gains little or nothing and its batched kernels round differently, while a member
 stepped alone is bit for bit the run alone, so a study gives the same table whatever its population size. A
-population of one is never vmapped. Every random draw is made outside vmap from each member's own generators, in the
-order a run alone makes it, so a member trains the same network, step for step, as the same run trained alone.
-Nothing in the step syncs with the host or changes shape from step to step.
+population of one is never vmapped. A member stepped alone takes its gradients from plain autograd
+(`_autograd_grad_and_value`), the same function as torch.func's `grad_and_value`, which only vmap needs: on the CPU
+torch.func's transform costs about a fifth of an MLP step. Every random draw is made outside vmap from each
+member's own generators, in the order a run alone makes it, so a member trains the same network, step for step,
+as the same run trained alone. Nothing in the step syncs with the host or changes shape from step to step.
 
 Each member keeps a plain G and D (`Population.g[k]`, `.d[k]`) whose tensors are views of its slice of the stack
 while it trains: hooks, checkpoints and scores see an ordinary module, always current. A member that ends gets copies
@@ -84,6 +86,25 @@ def _optimizer(configs: Sequence[TrainConfig], params: Tensors, lr: Tensor, devi
                                                         device=device))
 
 
+def _call(module: nn.Module, tensors: tuple[Tensors, Tensors], args: tuple[Any, ...]) -> Tensor:
+    """`module` run on a member's own tensors. No net here ties weights, so functional_call's search for tied
+    ones, a walk over every submodule at every call, is skipped."""
+    return functional_call(module, tensors, args, tie_weights=False)
+
+
+def _autograd_grad_and_value(objective: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:
+    """torch.func.grad_and_value (gradient with respect to the first argument, a dict of tensors) by
+    torch.autograd.grad, for a step that is not vmapped."""
+    def run(params: Tensors, *rest: Any) -> tuple[Tensors, Any]:
+        leaves = {n: t.detach().requires_grad_() for n, t in params.items()}
+        out = objective(leaves, *rest)
+        value = out[0] if has_aux else out
+        grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
+        return grads, ((value.detach(), out[1]) if has_aux else value.detach())
+
+    return run
+
+
 def _norm(grads: Tensors) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
 
@@ -151,6 +172,7 @@ class Population:
         self.opt_g = _optimizer(configs, self.g_params, per_member([c.g_lr for c in configs], torch.float64), device)
         self.opt_d = _optimizer(configs, self.d_params, per_member([c.d_lr for c in configs], torch.float64), device)
         self.active = torch.ones(self.k, device=device)  # 0: the member has ended and is no longer updated
+        self.ended = 0  # how many have: the host knows without asking the device
 
         def shapes(n: int) -> list[torch.Size]:  # the masks one call of D on n images takes
             labels = torch.zeros(n, dtype=torch.long, device=device) if self.conditional else None
@@ -167,16 +189,27 @@ class Population:
     def end(self, member: int) -> None:
         """Stop updating `member` and give its G and D tensors of their own: what it ended with stays as it is."""
         self.active[member] = 0.0
+        self.ended += 1
         for module in (self.g[member], self.d[member]):
             _point(module, {n: p.detach().clone() for n, p in module.named_parameters()},
                    {n: b.clone() for n, b in module.named_buffers()})
 
+    @property
+    def _vectorized(self) -> bool:
+        return self.k > 1 and (self.device.type != "cpu" or VECTORIZE_ON_CPU)
+
+    def _grad_and_value(self, objective: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:
+        return (grad_and_value if self._vectorized else _autograd_grad_and_value)(objective, has_aux=has_aux)
+
     def _map(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn` over the member axis of every tensor in `args` (None and dicts of tensors allowed): vmapped, or
         called on each member's slice and the results stacked."""
-        if self.k > 1 and (self.device.type != "cpu" or VECTORIZE_ON_CPU):
+        if self._vectorized:
             return vmap(fn, in_dims=tuple(None if a is None else 0 for a in args))(*args)
         outs = [fn(*(_member_of(a, k) for a in args)) for k in range(self.k)]
+        if self.k == 1:  # a member axis of views, not copies
+            return tuple({n: t.unsqueeze(0) for n, t in o.items()} if isinstance(o, dict) else o.unsqueeze(0)
+                         for o in outs[0])
         return tuple({n: torch.stack([o[i][n] for o in outs]) for n in outs[0][i]} if isinstance(outs[0][i], dict)
                      else torch.stack([o[i] for o in outs]) for i in range(len(outs[0])))
 
@@ -188,7 +221,7 @@ class Population:
         sizes = [s.numel() for s in shapes]
         u = torch.stack([torch.rand(sum(sizes), device=self.device, generator=r) for r in dropout_rngs])
         p = self.dropout.view(-1, 1)
-        masks = (u >= p).to(u.dtype) / (1 - p)
+        masks = u.ge_(p).div_(1 - p)  # in place: (u >= p) / (1 - p), without three tensors the size of u
         return [m.view(self.k, *s) for m, s in zip(masks.split(sizes, dim=1), shapes)]
 
     def step(self, real: Tensor, labels: Tensor | None, rngs: Sequence[torch.Generator],
@@ -212,14 +245,14 @@ class Population:
             grads, loss_d, d_real, d_fake, grad_d, estimate = self._map(
                 self._d_grads, self.d_params, self.d_buffers, self.g_params, self.g_buffers, real[:, c],
                 None if labels is None else labels[:, c], z, alpha, d_masks, self.real_target, self.strength)
-            self.opt_d.step([grads[n] for n in self.d_params], self.active)
+            self.opt_d.step([grads[n] for n in self.d_params], self.active if self.ended else None)
             self.regularizer.constrain(list(self.d_params.values()), self.clip_value)
         g_labels = (each(lambda r: torch.randint(0, self.n_classes, (self.batch,), device=self.device, generator=r))
                     if self.conditional else None)
         z = each(noise)
         grads, loss_g, grad_g = self._map(self._g_grads, self.g_params, self.g_buffers, self.d_params,
                                           self.d_buffers, g_labels, z, masks[per_d * self.n_critic:] or None)
-        self.opt_g.step([grads[n] for n in self.g_params], self.active)
+        self.opt_g.step([grads[n] for n in self.g_params], self.active if self.ended else None)
         values = [loss_d, loss_g, d_real, d_fake, grad_d, grad_g] + ([estimate] if self.loss.wasserstein_estimate
                                                                      else [])
         return torch.stack(values, dim=1)
@@ -229,15 +262,15 @@ class Population:
                  real_target: Tensor, strength: Tensor) -> tuple[Any, ...]:
         """One member's D gradient and metrics (the function vmapped over members)."""
         with torch.no_grad():
-            fake = functional_call(self.g_shape, (g_params, g_buffers), (z, labels))
+            fake = _call(self.g_shape, (g_params, g_buffers), (z, labels))
 
         def objective(params: Tensors, buffers: Tensors) -> tuple[Tensor, tuple[Tensor, Tensor]]:
             def critic(x: Tensor) -> Tensor:  # the penalty's calls
-                return functional_call(self.d_shape, (params, buffers), (x, labels))
+                return _call(self.d_shape, (params, buffers), (x, labels))
 
             with dropout_masks(iter(masks or ())):
                 # one pass over real and fake together: fewer, larger kernels (D has no BatchNorm to mix them)
-                both = functional_call(self.d_shape, (params, buffers), (torch.cat([real, fake]),
+                both = _call(self.d_shape, (params, buffers), (torch.cat([real, fake]),
                                                                          None if labels is None else
                                                                          torch.cat([labels, labels])))
                 real_score, fake_score = both[:len(real)], both[len(real):]
@@ -247,7 +280,7 @@ class Population:
                 loss_d = loss_d + penalty
             return loss_d, (real_score.detach(), fake_score.detach())
 
-        grads, (loss_d, (real_score, fake_score)) = grad_and_value(objective, has_aux=True)(d_params, d_buffers)
+        grads, (loss_d, (real_score, fake_score)) = self._grad_and_value(objective, has_aux=True)(d_params, d_buffers)
         return (grads, loss_d.detach(), self.loss.d_of(real_score).mean(), self.loss.d_of(fake_score).mean(),
                 _norm(grads), real_score.mean() - fake_score.mean())
 
@@ -255,9 +288,9 @@ class Population:
                  labels: Tensor | None, z: Tensor, masks: list[Tensor] | None) -> tuple[Any, ...]:
         """One member's G gradient and loss."""
         def objective(params: Tensors, buffers: Tensors, critic_buffers: Tensors) -> Tensor:
-            fake = functional_call(self.g_shape, (params, buffers), (z, labels))
+            fake = _call(self.g_shape, (params, buffers), (z, labels))
             with dropout_masks(iter(masks or ())):
-                return self.loss.g_loss(functional_call(self.d_shape, (d_params, critic_buffers), (fake, labels)))
+                return self.loss.g_loss(_call(self.d_shape, (d_params, critic_buffers), (fake, labels)))
 
-        grads, loss_g = grad_and_value(objective)(g_params, g_buffers, d_buffers)
+        grads, loss_g = self._grad_and_value(objective)(g_params, g_buffers, d_buffers)
         return grads, loss_g.detach(), _norm(grads)

@@ -132,7 +132,7 @@ class SpectralNorm(Regularizer):
 
 def input_gradient(critic: Critic, x: Tensor) -> Tensor:
     """d(sum of scores)/dx, kept in the graph so that a penalty on it trains D (torch.func's grad: it nests
-    inside the step's own grad and vmap)."""
+    inside vmap and inside the step's own gradient, torch.func's or autograd's)."""
     return torch.func.grad(lambda images: critic(images).sum())(x)
 
 

@@ -90,6 +90,21 @@ def test_an_inactive_member_stays_as_it_is_moments_and_all(kind):
     assert not torch.equal(params[0][0], _stacked(_models())[0][0])  # the active ones did move
 
 
+@pytest.mark.parametrize("kind", ["adam", "rmsprop"])
+def test_a_step_with_no_member_ended_is_the_masked_step_bit_for_bit(kind):
+    """The unmasked step (no mask: the host knows no member has ended) is the masked step with every member
+    active, to the last bit, parameters, moments and step counts."""
+    shapes = _models()[0]
+    (masked, ours_masked, _), (unmasked, ours, _) = _pair(kind, _models()), _pair(kind, _models())
+    for step in range(20):
+        ours_masked.step(_member_grads(masked, shapes, step), torch.ones(len(LRS)))
+        ours.step(_member_grads(unmasked, shapes, step))
+    assert all(torch.equal(a, b) for a, b in zip(masked, unmasked))
+    assert torch.equal(ours.steps, ours_masked.steps)
+    for name, moments in ours.moments.items():
+        assert all(torch.equal(a, b) for a, b in zip(moments, ours_masked.moments[name])), name
+
+
 def _torch_optimizer(kind: str, model: nn.Module, member: int) -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(model.parameters(), lr=LRS[member], betas=BETAS[member])
