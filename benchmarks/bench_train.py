@@ -4,7 +4,8 @@ the CPU, 8 and 64 on CUDA), for `gan`, `dcgan` and `wgan-gp` at batch 64 on mnis
 of wall time outside training steps.
 
 Every loop builds the same G and D from the variant's parts and computes the same losses and penalty; they differ
-only in what surrounds the step. `ratio` is gansweep over the seed-style loop. Run with `make bench`
+only in what surrounds the step. Each is timed from its first step to its last (G, D and optimizers are built
+before). `ratio` is gansweep over the seed-style loop. Run with `make bench`
 (`make bench ARGS='--device cpu --quick'` for the short form); prints a table and, on its last line, one JSON
 object. Asserts nothing.
 """
@@ -12,6 +13,7 @@ object. Asserts nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -22,18 +24,21 @@ import numpy as np
 import torch
 import torchvision
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset, load_dataset
 from gansweep.mnist_wheel import write_idx
 from gansweep.population import Population
-from gansweep.trainer import g_steps_per_epoch, resolve_device, train, train_population
+from gansweep.trainer import Hook, g_steps_per_epoch, resolve_device, train, train_population
 from gansweep.variants import Variant, get_variant
 
 VARIANTS = ("gan", "dcgan", "wgan-gp")
 BATCH = 64
+# --quick: half the images for the convolutional variants (ten times slower a step on the CPU), so that it all,
+# the study's timing included, takes under 4 minutes on 2 CPU cores
+QUICK_IMAGES = {"dcgan": 2000, "wgan-gp": 2000}
 
 
 def seed_style_dataset(images: np.ndarray, labels: np.ndarray, root: Path) -> torchvision.datasets.MNIST:
@@ -125,19 +130,27 @@ def minimal(variant: Variant, config: TrainConfig, data: Dataset, g_steps: int) 
     return seen / _elapsed(start, device)
 
 
+class _Clock(Hook):
+    """When the loop starts: the other loops, too, build G, D and their optimizers before their clock starts."""
+
+    def on_start(self, state: object) -> None:
+        self.start = time.perf_counter()
+
+
 def gansweep_run(variant: Variant, config: TrainConfig, data: Dataset) -> float:
-    """gansweep's trainer, one run, no hooks."""
-    start = time.perf_counter()
-    result = train(variant, config, data)
-    return result.images_seen / _elapsed(start, data.train_images.device)
+    """gansweep's trainer, one run, no hooks but the clock."""
+    clock = _Clock()
+    result = train(variant, config, data, [clock])
+    return result.images_seen / _elapsed(clock.start, data.train_images.device)
 
 
 def population(variant: Variant, config: TrainConfig, data: Dataset, k: int) -> float:
-    """K members (seeds 0..K-1) in one population, no hooks; images seen by all members per second."""
+    """K members (seeds 0..K-1) in one population, no hooks but the clock; images seen by all members per
+    second."""
     configs = [config.replace(seed=seed) for seed in range(k)]
-    start = time.perf_counter()
-    results = train_population(variant, configs, data, [[] for _ in configs], [None] * k)
-    return sum(r.images_seen for r in results) / _elapsed(start, data.train_images.device)
+    clocks = [_Clock() for _ in configs]
+    results = train_population(variant, configs, data, [[c] for c in clocks], [None] * k)
+    return sum(r.images_seen for r in results) / _elapsed(clocks[0].start, data.train_images.device)
 
 
 def study_share(device: torch.device, epochs: int) -> dict[str, float]:
@@ -184,17 +197,21 @@ def _elapsed(start: float, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, data: Dataset, images: torchvision.datasets.MNIST, epochs: int, sizes: tuple[int, ...]
-            ) -> dict[str, object]:
+def measure(name: str, data: Dataset, images: torchvision.datasets.MNIST, epochs: int, sizes: tuple[int, ...],
+            n_images: int) -> dict[str, object]:
+    """Every loop on the first `n_images` training images."""
+    data = dataclasses.replace(data, train_images=data.train_images[:n_images],
+                               train_labels=data.train_labels[:n_images])
+    images = Subset(images, range(n_images))
     variant = get_variant(name)
     config = variant.config(epochs=epochs, batch_size=BATCH, device=data.train_images.device.type)
-    g_steps = g_steps_per_epoch(config, len(data.train_images)) * epochs
+    g_steps = g_steps_per_epoch(config, n_images) * epochs
     loops: dict[str, Callable[[], float]] = {
         "seed_style": lambda: seed_style(variant, config, data, images, g_steps),
         "minimal": lambda: minimal(variant, config, data, g_steps),
         "gansweep": lambda: gansweep_run(variant, config, data),
     }
-    row: dict[str, object] = {loop: round(fn(), 1) for loop, fn in loops.items()}
+    row: dict[str, object] = {"images": n_images, **{loop: round(fn(), 1) for loop, fn in loops.items()}}
     row["ratio"] = round(row["gansweep"] / row["seed_style"], 2)
     populations = [{"k": k, "images_per_s": round(population(variant, config, data, k), 1)} for k in sizes]
     row["population"] = populations[0] if len(populations) == 1 else populations
@@ -204,7 +221,8 @@ def measure(name: str, data: Dataset, images: torchvision.datasets.MNIST, epochs
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--quick", action="store_true", help="one epoch of mnist-5k per loop instead of three")
+    parser.add_argument("--quick", action="store_true",
+                        help="one epoch per loop instead of three, and for the convolutional variants half the images")
     args = parser.parse_args()
     device = resolve_device(args.device)
     data = load_dataset(DataConfig(dataset="mnist-5k"), device)
@@ -215,13 +233,16 @@ def main() -> None:
     minimal(get_variant("gan"), get_variant("gan").config(), data, 5)  # warm-up: allocator, kernels, threads
     epochs = 1 if args.quick else 3
     sizes = (4,) if device.type == "cpu" else (8, 64)
+    n_images = {name: QUICK_IMAGES.get(name, len(data.train_images)) if args.quick else len(data.train_images)
+                for name in VARIANTS}
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH}, "
-          f"{epochs} epoch(s) of mnist-5k per loop; images seen by D per second")
+          f"{epochs} epoch(s) per loop of mnist-5k's first "
+          + ", ".join(f"{n:,} images ({name})" for name, n in n_images.items()) + "; images seen by D per second")
     print(f"{'variant':<9} {'seed-style':>11} {'minimal':>9} {'gansweep':>9} {'ratio':>6}"
           + "".join(f" {f'K={k} (all)':>12}" for k in sizes))
-    report: dict[str, object] = {"device": device.type, "torch": torch.__version__}
+    report: dict[str, object] = {"device": device.type, "torch": torch.__version__, "epochs": epochs}
     for name in VARIANTS:
-        row = measure(name, data, images, epochs, sizes)
+        row = measure(name, data, images, epochs, sizes, n_images[name])
         report[name] = row
         populations = row["population"] if isinstance(row["population"], list) else [row["population"]]
         print(f"{name:<9} {row['seed_style']:>11,.0f} {row['minimal']:>9,.0f} {row['gansweep']:>9,.0f} "
