@@ -99,7 +99,8 @@ def _autograd_grad_and_value(objective: Callable[..., Any], has_aux: bool = Fals
         leaves = {n: t.detach().requires_grad_() for n, t in params.items()}
         out = objective(leaves, *rest)
         value = out[0] if has_aux else out
-        grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
+        grads = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()), allow_unused=True,
+                                                     materialize_grads=True)))  # zeros where unused, as torch.func
         return grads, ((value.detach(), out[1]) if has_aux else value.detach())
 
     return run
@@ -271,8 +272,8 @@ class Population:
             with dropout_masks(iter(masks or ())):
                 # one pass over real and fake together: fewer, larger kernels (D has no BatchNorm to mix them)
                 both = _call(self.d_shape, (params, buffers), (torch.cat([real, fake]),
-                                                                         None if labels is None else
-                                                                         torch.cat([labels, labels])))
+                                                               None if labels is None else
+                                                               torch.cat([labels, labels])))
                 real_score, fake_score = both[:len(real)], both[len(real):]
                 loss_d = self.loss.d_loss(real_score, fake_score, real_target)
                 penalty = self.regularizer.penalty(critic, real, fake, alpha, strength)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
@@ -255,8 +256,6 @@ class TrialRunner:
         that runs out of device memory hands its open members back, resumable and not counted as a failed try,
         and halves the population size for the rest of the study: the estimate (`members_that_fit`) was too
         generous. Returns how many members it handed back."""
-        import torch
-
         from gansweep.runs import tracked_population
 
         def still_open() -> list[Member]:
