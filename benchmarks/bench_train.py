@@ -29,9 +29,10 @@ from torchvision import transforms
 
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset, load_dataset
+from gansweep.hooks import Hook
 from gansweep.mnist_wheel import write_idx
 from gansweep.population import Population
-from gansweep.trainer import Hook, g_steps_per_epoch, resolve_device, train, train_population
+from gansweep.trainer import g_steps_per_epoch, resolve_device, train, train_population
 from gansweep.variants import Variant, get_variant
 
 VARIANTS = ("gan", "dcgan", "wgan-gp")

@@ -18,7 +18,7 @@ from gansweep.config import TrainConfig
 from gansweep.data import DataRecord
 from gansweep.divergence import first_non_finite
 from gansweep.errors import GansweepError
-from gansweep.trainer import Hook, TrainState
+from gansweep.hooks import Hook, TrainState
 from gansweep.variants import Variant, get_variant
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointHook", "sha256"]

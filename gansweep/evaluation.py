@@ -24,12 +24,12 @@ from gansweep.classifier import Classifier
 from gansweep.collapse import judge
 from gansweep.data import Dataset
 from gansweep.errors import ConfigError, GansweepError
+from gansweep.hooks import Hook, StopTraining, TrainState
 from gansweep.nets import chunks, generate
 from gansweep.metrics import (GaussianStats, class_coverage, classifier_score, conditional_accuracy,
                               digit_predictions, frechet_distance, gaussian_stats, kid, parzen_log_likelihood,
                               precision_recall)
 from gansweep.scores import MIN_EVAL, N_EVAL, check_eval_size
-from gansweep.trainer import Hook, StopTraining, TrainState
 
 __all__ = ["eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED", "TEST_NOISE_SEED", "eval_inputs",
            "PARZEN_SIGMAS", "NonFiniteSamples", "SLICES", "SLICE_SEED", "FLOOR_DRAWS", "BOOTSTRAP"]

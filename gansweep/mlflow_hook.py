@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.async_logging.run_operations import RunOperations
 
 import gansweep
+from gansweep.hooks import Hook, StepLog, TrainResult, TrainState
 from gansweep.tracking import checksum_tag, end_run, git_commit
-from gansweep.trainer import Hook, StepLog, TrainResult, TrainState
 
 if TYPE_CHECKING:
     from gansweep.data import DataRecord

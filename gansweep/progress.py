@@ -9,7 +9,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from gansweep.trainer import Hook, StepLog, TrainResult, TrainState, g_steps_per_epoch
+from gansweep.hooks import Hook, StepLog, TrainResult, TrainState
+from gansweep.trainer import g_steps_per_epoch
 
 __all__ = ["ProgressHook", "StudyProgress", "format_values"]
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from gansweep.atomic import atomic_path
-from gansweep.trainer import Hook, TrainState
+from gansweep.hooks import Hook, TrainState
 
 __all__ = ["save_grid", "grid_columns", "SampleGridHook"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gansweep.trainer import Hook, StopTraining, TrainState
+from gansweep.hooks import Hook, StopTraining, TrainState
 
 __all__ = ["OptunaReport", "CollapseStop"]
 

@@ -23,13 +23,14 @@ import torch
 from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
+from gansweep.hooks import Hook, TrainResult, TrainState
 from gansweep.liveness import Liveness, is_lost
 from gansweep.population import members_that_fit
 from gansweep.resume import RESUMABLE_ATTR
 from gansweep.spec import StudySpec
 from gansweep.summary import record_counts
 from gansweep.trial_hooks import CollapseStop, OptunaReport
-from gansweep.trainer import Hook, TrainResult, TrainState, member_key
+from gansweep.trainer import member_key
 
 if TYPE_CHECKING:
     from gansweep.progress import StudyProgress

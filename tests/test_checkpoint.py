@@ -6,8 +6,9 @@ import torch
 from gansweep.atomic import atomic_path
 from gansweep.checkpoint import CheckpointHook, load_checkpoint, sha256
 from gansweep.errors import GansweepError
+from gansweep.hooks import Hook
 from gansweep.samples import SampleGridHook
-from gansweep.trainer import Hook, train
+from gansweep.trainer import train
 from gansweep.variants import get_variant
 
 from conftest import TINY
@@ -141,7 +142,7 @@ def test_a_checkpoint_that_is_not_the_recorded_one_is_refused(tmp_path, tiny_dat
 def test_a_run_resumed_after_its_last_epoch_or_its_stop_ends_as_it_did(tmp_path, tiny_data):
     """Killed after the last checkpoint but before its trial was told: the resumed run trains nothing more and
     reports what the run had (its scores, notes, status), so its point is recorded as done, with its value."""
-    from gansweep.trainer import StopTraining
+    from gansweep.hooks import StopTraining
 
     class Scores(Hook):
         def on_epoch_end(self, state):

@@ -12,7 +12,7 @@ from torch import nn
 
 from gansweep.collapse import Verdict, judge
 from gansweep.evaluation import Evaluator, ScoreHook
-from gansweep.trainer import TrainResult
+from gansweep.hooks import TrainResult
 
 N = 500  # half of mnist-5k's held-out split: the evaluation size there
 

@@ -18,7 +18,8 @@ from gansweep.config import TrainConfig
 from gansweep.errors import GansweepError
 from gansweep.metrics import GaussianStats, frechet_distance
 from gansweep.divergence import DivergenceCheck
-from gansweep.trainer import Hook, train
+from gansweep.hooks import Hook
+from gansweep.trainer import train
 from gansweep.variants import get_variant
 
 from conftest import TINY
@@ -93,7 +94,8 @@ import torch
 from conftest import TINY, synthetic_dataset
 from gansweep.feature_training import Recipe, train_classifier
 from gansweep.evaluation import Evaluator, ScoreHook
-from gansweep.trainer import Hook, train
+from gansweep.hooks import Hook
+from gansweep.trainer import train
 from gansweep.variants import get_variant
 
 class Poison(Hook):

@@ -10,7 +10,8 @@ import torch
 from gansweep import population
 from gansweep.checkpoint import CheckpointHook
 from gansweep.errors import ConfigError
-from gansweep.trainer import Hook, StopTraining, train, train_population
+from gansweep.hooks import Hook, StopTraining
+from gansweep.trainer import train, train_population
 from gansweep.variants import get_variant
 
 from conftest import TINY, synthetic_dataset

@@ -5,9 +5,10 @@ import statistics
 
 import pytest
 
+from gansweep.hooks import Hook
 from gansweep.mlflow_hook import EXTREMES, MlflowHook
 from gansweep.tracking import client_for, experiment_id
-from gansweep.trainer import Hook, train
+from gansweep.trainer import train
 from gansweep.variants import get_variant
 
 from conftest import TINY

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gansweep.errors import ConfigError
-from gansweep.trainer import Hook, StopTraining, train
+from gansweep.hooks import Hook, StopTraining
+from gansweep.trainer import train
 from gansweep.variants import get_variant
 
 from conftest import TINY, synthetic_dataset
