@@ -216,59 +216,17 @@ def _disk_full(error: BaseException) -> str | None:
                                                                          "person and starts fastest.")
 def ui(store: str | None, tracking_uri: str | None, host: str, port: int, workers: int) -> None:
     """Start the MLflow UI on the store that studies and runs write to."""
-    import sys
-
-    from gansweep.run_table import VIEW_TAG_PREFIX, experiment_url
-    from gansweep.tracking import client_for
+    from gansweep.ui import serve_ui, ui_links
 
     if not 1 <= port <= 65535 or not 1 <= workers <= 64:
         raise InputError(f"--port must be in [1, 65535] and --workers in [1, 64], got {port} and {workers}")
     uri = _reading(store, tracking_uri).tracking_uri
     if uri.startswith(("http://", "https://")):
         raise InputError(f"{uri} is a tracking server already; open it in a browser")
-    for experiment in client_for(uri, create=False).search_experiments():
-        click.echo(f"{experiment.name}: {experiment_url(host, port, experiment.experiment_id)}")
-        for tag in sorted(t for t in experiment.tags if t.startswith(f"{VIEW_TAG_PREFIX}gansweep-")):  # a study's
-            view = tag.removeprefix(VIEW_TAG_PREFIX)
-            click.echo(f"  sorted by the objective ({view}): "
-                       f"{experiment_url(host, port, experiment.experiment_id, view)}")
+    for line in ui_links(uri, host, port):
+        click.echo(line)
     click.echo(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops it)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-               "--workers", str(workers)]
-    raise SystemExit(_serve(command))
-
-
-def _serve(command: list[str]) -> int:
-    """Run the MLflow UI in a process group of its own and stop the whole group (its web server and job workers)
-    however `gansweep ui` ends, Ctrl-C, SIGTERM or a closed terminal (SIGHUP): stopping only the first process
-    would leave its workers serving the port."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    def terminated(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    server = subprocess.Popen(command, start_new_session=True)
-    previous = {s: signal.signal(s, terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        for stop, patience in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            deadline = time.monotonic() + patience
-            try:
-                os.killpg(server.pid, stop)
-                while time.monotonic() < deadline:  # until no process of the group is left
-                    server.poll()  # the first process, reaped once it exits
-                    os.killpg(server.pid, 0)
-                    time.sleep(0.2)
-            except ProcessLookupError:
-                break
+    raise SystemExit(serve_ui(uri, host, port, workers))
 
 
 _BEST = click.option("--best", is_flag=True, help="RUN_ID is a study name: use its best finished trial.")
