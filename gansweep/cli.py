@@ -162,7 +162,8 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     from gansweep.catalog import find_spec
     from gansweep.spec import load_spec
     from gansweep.run_table import experiment_url, view_key
-    from gansweep.study import StudyOptions, Terminated, format_table, run_study, seed_spread
+    from gansweep.study import StudyOptions, Terminated, run_study
+    from gansweep.study_table import format_table, seed_spread
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds is not None else None

@@ -15,7 +15,8 @@ from gansweep.errors import ConfigError
 from gansweep.evaluation import ScoreHook
 from gansweep.spec import load_spec
 from gansweep.store import resolve_store
-from gansweep.study import StudyOptions, run_study, seed_spread
+from gansweep.study import StudyOptions, run_study
+from gansweep.study_table import seed_spread
 
 TINY_STUDY = """
 name = "tiny"
