@@ -139,8 +139,7 @@ class TrialRunner:
             except BaseException as e:
                 for member in members:
                     if member.trial.number not in handed:
-                        with contextlib.suppress(Exception):
-                            member.trial.set_user_attr(RESUMABLE_ATTR, True)
+                        _resumable(member.trial)
                         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
                         self._end(member.trial, member.tracked.run_id, status, f"not trained: {_reason(e)}")
                 raise
@@ -275,33 +274,29 @@ class TrialRunner:
         except GansweepError as e:
             for m in still_open():
                 self._fail(m.trial, m.tracked.run_id, m.key, m.what, str(e))
-        except torch.OutOfMemoryError as e:
-            if len(members) == 1:
-                self._failed_with(still_open(), e)
-                raise
-            self.population = max(1, len(members) // 2)
-            back = still_open()
-            for m in back:
-                with contextlib.suppress(Exception):
-                    m.trial.set_user_attr(RESUMABLE_ATTR, True)
-                self._end(m.trial, m.tracked.run_id, "failed", f"out of memory in a population of {len(members)}; "
-                          f"run again in populations of at most {self.population}")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if self.progress:
-                print(f"out of memory training {len(members)} trials together: {len(back)} handed back, to train "
-                      f"in populations of at most {self.population}", file=sys.stderr)
-            return len(back)
         except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then raised
-            self._failed_with(still_open(), e)
+            if isinstance(e, torch.OutOfMemoryError) and len(members) > 1:
+                return self._hand_back(still_open(), len(members))
+            for m in still_open():
+                _resumable(m.trial)  # the next attempt continues from the last checkpoint
+                self._fail(m.trial, m.tracked.run_id, m.key, m.what, _reason(e))
             raise
         return 0
 
-    def _failed_with(self, members: list[Member], error: BaseException) -> None:
+    def _hand_back(self, members: list[Member], size: int) -> int:
+        """Out of device memory in a population of `size`: its open members are ended to run again, resumable,
+        in populations of at most half the size."""
+        self.population = max(1, size // 2)
         for m in members:
-            with contextlib.suppress(Exception):  # the next attempt continues from the last checkpoint
-                m.trial.set_user_attr(RESUMABLE_ATTR, True)
-            self._fail(m.trial, m.tracked.run_id, m.key, m.what, _reason(error))
+            _resumable(m.trial)
+            self._end(m.trial, m.tracked.run_id, "failed", f"out of memory in a population of {size}; "
+                      f"run again in populations of at most {self.population}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.progress:
+            print(f"out of memory training {size} trials together: {len(members)} handed back, to train "
+                  f"in populations of at most {self.population}", file=sys.stderr)
+        return len(members)
 
     def _record(self, trial: Any, result: TrainResult) -> None:
         spec = self.spec
@@ -380,6 +375,13 @@ def short_value(value: Any) -> str:
         mantissa, exponent = f"{value:.2e}".split("e")
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
     return f"{value:.3g}"
+
+
+def _resumable(trial: Any) -> None:
+    """Mark a trial that did not finish as one to continue from its last checkpoint; a store that refuses costs
+    only that: the point starts over."""
+    with contextlib.suppress(Exception):
+        trial.set_user_attr(RESUMABLE_ATTR, True)
 
 
 def _reason(error: BaseException) -> str:
