@@ -4,8 +4,11 @@ torch.optim keeps one scalar learning rate per parameter group, so K members sta
 each have their own. These follow torch.optim's single-tensor arithmetic step for step (a test holds them to it),
 with every hyperparameter a float64 tensor of shape (K,) broadcast over the member axis (the per-step scalars are
 worked out in float64, as torch.optim does in Python, then cast), and update in place: the tensors keep their
-addresses from step to step, as a captured CUDA graph needs. `state_dict`/`load_state_dict` speak
-torch.optim's format for one member, so a checkpoint stays loadable by torch.optim and older ones resume.
+addresses from step to step, as a captured CUDA graph needs. A step that is not vmapped updates each member on
+its own slices (`step_each`), where Adam runs the kernel of torch.optim.Adam(fused=True) with the member's own
+scalars: one pass over each tensor instead of six, about a third of an MLP GAN's step on the CPU.
+`state_dict`/`load_state_dict` speak torch.optim's format for one member, so a checkpoint stays loadable by
+torch.optim and older ones resume.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class MemberOptimizer(abc.ABC):
 
     def __init__(self, params: Sequence[Tensor], lr: Tensor):
         self.params, self.lr = list(params), lr.double()
-        self.steps = torch.zeros_like(self.lr)
+        self.steps = torch.zeros_like(self.lr, dtype=torch.float32)  # as torch.optim counts: a float32 tensor
         self.every = torch.ones_like(self.lr)  # the mask of a step where no member has ended
         self.moments = {name: [torch.zeros_like(p) for p in self.params] for name in self.moment_names}
 
@@ -55,6 +58,15 @@ class MemberOptimizer(abc.ABC):
             grads = [_only_active(g, active) for g in grads]
         self.steps.add_(active)
         self._update(grads, active)
+
+    def step_each(self, grads: Sequence[Tensor], members: Sequence[int]) -> None:
+        """One update of each of `members` (the others stay as they are), for a step that is not vmapped. Here:
+        the stacked step, masked unless every member is listed; a subclass with a per-member kernel uses it."""
+        active = None
+        if len(members) < len(self.lr):
+            active = torch.zeros_like(self.lr)
+            active[list(members)] = 1.0
+        self.step(grads, active)
 
     def _cast(self, *values: Tensor) -> list[Tensor]:
         """Per-step (K,) scalars, worked out in float64, in the parameters' dtype: cast once for all tensors."""
@@ -97,6 +109,21 @@ class Adam(MemberOptimizer):
     def __init__(self, params: Sequence[Tensor], lr: Tensor, betas: Tensor):
         super().__init__(params, lr)
         self.betas = betas.double()
+        self._scalars = list(zip(self.lr.tolist(), self.betas.tolist()))  # per member, for step_each
+
+    def step_each(self, grads: Sequence[Tensor], members: Sequence[int]) -> None:
+        """Each member's slices through torch.optim.Adam(fused=True)'s kernel (bit for bit, a test holds it), with
+        its own learning rate and betas. The kernel reads the step count, which is counted here as torch.optim
+        does before calling it, and takes every tensor as contiguous, as torch.optim's gradients are (autograd's
+        through a penalty need not be)."""
+        for k in members:
+            lr, (beta1, beta2) = self._scalars[k]
+            step = self.steps[k]
+            step.add_(1)
+            torch._fused_adam_([p[k] for p in self.params], [g[k].contiguous() for g in grads],
+                               [m[k] for m in self.moments["exp_avg"]], [v[k] for v in self.moments["exp_avg_sq"]],
+                               [], [step] * len(self.params), lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0,
+                               eps=self.eps, amsgrad=False, maximize=False)
 
     def _update(self, grads: Sequence[Tensor], active: Tensor) -> None:
         beta1, beta2 = self.betas[:, 0], self.betas[:, 1]

@@ -8,7 +8,8 @@ instead of K small ones is the point. On the CPU the same function is called on 
 stepped alone is bit for bit the run alone, so a study gives the same table whatever its population size. A
 population of one is never vmapped. A member stepped alone takes its gradients from plain autograd
 (`_autograd_grad_and_value`), the same function as torch.func's `grad_and_value`, which only vmap needs: on the CPU
-torch.func's transform costs about a fifth of an MLP step. Every random draw is made outside vmap from each
+torch.func's transform costs about a fifth of an MLP step; and it is updated on its own slices, by torch's fused
+Adam kernel where the optimizer is Adam (`MemberOptimizer.step_each`). Every random draw is made outside vmap from each
 member's own generators, in the order a run alone makes it, so a member trains the same network, step for step,
 as the same run trained alone. Nothing in the step syncs with the host or changes shape from step to step.
 
@@ -173,7 +174,7 @@ class Population:
         self.opt_g = _optimizer(configs, self.g_params, per_member([c.g_lr for c in configs], torch.float64), device)
         self.opt_d = _optimizer(configs, self.d_params, per_member([c.d_lr for c in configs], torch.float64), device)
         self.active = torch.ones(self.k, device=device)  # 0: the member has ended and is no longer updated
-        self.ended = 0  # how many have: the host knows without asking the device
+        self.open = list(range(self.k))  # those not ended: the host knows without asking the device
 
         def shapes(n: int) -> list[torch.Size]:  # the masks one call of D on n images takes
             labels = torch.zeros(n, dtype=torch.long, device=device) if self.conditional else None
@@ -190,7 +191,7 @@ class Population:
     def end(self, member: int) -> None:
         """Stop updating `member` and give its G and D tensors of their own: what it ended with stays as it is."""
         self.active[member] = 0.0
-        self.ended += 1
+        self.open.remove(member)
         for module in (self.g[member], self.d[member]):
             _point(module, {n: p.detach().clone() for n, p in module.named_parameters()},
                    {n: b.clone() for n, b in module.named_buffers()})
@@ -213,6 +214,14 @@ class Population:
                          for o in outs[0])
         return tuple({n: torch.stack([o[i][n] for o in outs]) for n in outs[0][i]} if isinstance(outs[0][i], dict)
                      else torch.stack([o[i] for o in outs]) for i in range(len(outs[0])))
+
+    def _update(self, optimizer: MemberOptimizer, grads: list[Tensor]) -> None:
+        """Vmapped: one masked step of the stack (unmasked while no member has ended). Otherwise each open member
+        on its own slices, as it would be alone."""
+        if not self._vectorized:
+            optimizer.step_each(grads, self.open)
+        else:
+            optimizer.step(grads, self.active if len(self.open) < self.k else None)
 
     def _masks(self, dropout_rngs: Sequence[torch.Generator]) -> list[Tensor]:
         """Every dropout mask of one step, (K, *shape) each, in call order; drawn from each member's generator."""
@@ -246,14 +255,14 @@ class Population:
             grads, loss_d, d_real, d_fake, grad_d, estimate = self._map(
                 self._d_grads, self.d_params, self.d_buffers, self.g_params, self.g_buffers, real[:, c],
                 None if labels is None else labels[:, c], z, alpha, d_masks, self.real_target, self.strength)
-            self.opt_d.step([grads[n] for n in self.d_params], self.active if self.ended else None)
+            self._update(self.opt_d, [grads[n] for n in self.d_params])
             self.regularizer.constrain(list(self.d_params.values()), self.clip_value)
         g_labels = (each(lambda r: torch.randint(0, self.n_classes, (self.batch,), device=self.device, generator=r))
                     if self.conditional else None)
         z = each(noise)
         grads, loss_g, grad_g = self._map(self._g_grads, self.g_params, self.g_buffers, self.d_params,
                                           self.d_buffers, g_labels, z, masks[per_d * self.n_critic:] or None)
-        self.opt_g.step([grads[n] for n in self.g_params], self.active if self.ended else None)
+        self._update(self.opt_g, [grads[n] for n in self.g_params])
         values = [loss_d, loss_g, d_real, d_fake, grad_d, grad_g] + ([estimate] if self.loss.wasserstein_estimate
                                                                      else [])
         return torch.stack(values, dim=1)

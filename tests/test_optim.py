@@ -32,9 +32,9 @@ def _stacked(models: list[nn.Module]) -> list[torch.Tensor]:
 
 def _pair(kind: str, models: list[nn.Module]):
     params = _stacked(models)
-    lr = torch.tensor(LRS)
+    lr = torch.tensor(LRS, dtype=torch.float64)  # as a population gives them: the very floats torch.optim gets
     if kind == "adam":
-        ours = Adam(params, lr, torch.tensor(BETAS))
+        ours = Adam(params, lr, torch.tensor(BETAS, dtype=torch.float64))
         theirs = [torch.optim.Adam(m.parameters(), lr=lr_, betas=b) for m, lr_, b in zip(models, LRS, BETAS)]
     else:
         ours = RMSprop(params, lr)
@@ -146,3 +146,38 @@ def test_a_state_dict_goes_on_in_torch_optim_and_back(kind):
     for stacked, p in zip(fresh_params, model.parameters()):
         torch.testing.assert_close(stacked[member], p.detach(), rtol=1e-5, atol=1e-6)
     assert float(fresh.state_dict(member)["state"][0]["step"]) == 30
+
+
+@pytest.mark.parametrize("kind", ["adam", "rmsprop"])
+def test_a_step_of_each_member_on_its_own_slices_is_its_torch_optimizer_and_leaves_the_others(kind):
+    """step_each, the update of a step that is not vmapped: Adam is torch.optim.Adam(fused=True) on each listed
+    member, to the last bit (RMSprop, without a fused kernel, its masked stacked step, held to torch.optim above);
+    an unlisted member's parameters, moments and step count stay as they are. The weights' gradients come in
+    column-major, as autograd may give them through a penalty: the kernel must not read them as row-major."""
+    models = _models()
+    params, ours, _ = _pair(kind, models)
+    shapes = _models()[0]
+    theirs = [torch.optim.Adam(m.parameters(), lr=lr, betas=b, fused=True) if kind == "adam"
+              else torch.optim.RMSprop(m.parameters(), lr=lr) for m, lr, b in zip(models, LRS, BETAS)]
+    for step in range(30):
+        grads = [g.transpose(1, 2).contiguous().transpose(1, 2) if g.dim() == 3 else g
+                 for g in _member_grads(params, shapes, step)]
+        assert not all(g.is_contiguous() for g in grads)
+        ours.step_each(grads, [0, 2])
+        for k in (0, 2):
+            theirs[k].zero_grad()
+            _loss(models[k], step).backward()
+            theirs[k].step()
+    untouched = _stacked(_models())
+    for k, model in enumerate(models):
+        for stacked, p, first in zip(params, model.parameters(), untouched):
+            if k == 1:
+                assert torch.equal(stacked[k], first[k])
+            elif kind == "adam":
+                assert torch.equal(stacked[k], p.detach())
+            else:
+                torch.testing.assert_close(stacked[k], p.detach(), rtol=1e-5, atol=1e-6)
+    assert ours.steps.tolist() == [30.0, 0.0, 30.0]
+    assert ours.state_dict(1)["state"] == {}
+    for name, moments in ours.moments.items():
+        assert all(not m[1].any() for m in moments), name
