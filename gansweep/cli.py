@@ -1,7 +1,8 @@
 """The `gansweep` command: a thin click layer over the library.
 
 torch and everything that imports it load inside the commands, so `gansweep --help` answers at once.
-Errors caused by input (GansweepError) become one `Error: ...` line and exit code 2, translated once, here.
+Errors caused by input (GansweepError) become one `Error: ...` line and exit code 2, translated once, by the
+group (`cli_options.Group`). The commands that load a run's checkpoint live in `cli_checkpoints`.
 """
 
 from __future__ import annotations
@@ -14,30 +15,14 @@ from typing import Any
 import click
 
 from gansweep import __version__
-from gansweep.errors import GansweepError
-from gansweep.store import Store, resolve_store  # light: no torch, mlflow or optuna
+from gansweep.cli_checkpoints import evaluate, interpolate, sample
+from gansweep.cli_options import MIXED, Group, InputError, plain_table, reading, store_options
+from gansweep.store import resolve_store  # light: no torch, mlflow or optuna
 
 __all__ = ["main"]
 
 
-class InputError(click.ClickException):
-    exit_code = 2
-
-
-class _Group(click.Group):
-    """Bad input of any kind, caught by click's parser or by gansweep's checks, ends in one line and exit 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except GansweepError as e:
-            raise InputError(str(e)) from None
-        except click.UsageError as e:
-            command = e.ctx.command_path if e.ctx is not None else "gansweep"
-            raise InputError(f"{e.format_message()} (see: {command} --help)") from None
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gansweep")
 def main() -> None:
     """Train, sweep and compare GAN variants."""
@@ -45,12 +30,6 @@ def main() -> None:
     # MLflow's database layer logs each error it raises with a traceback (a full disk: dozens); gansweep says
     # what went wrong in one line, and a new store's "Creating initial MLflow database tables" is no news
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
-    lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
 @main.command("list")
@@ -62,12 +41,12 @@ def list_(what: str) -> None:
 
         rows = [[f.name, f.spec.sampler, ",".join(f.spec.variants), str(f.path), f.spec.description] if f.spec else
                 [f.name, "-", "-", str(f.path), f"broken: {f.error}"] for f in list_studies()]
-        click.echo(_table(["study", "sampler", "variants", "file", "description"], rows))
+        click.echo(plain_table(["study", "sampler", "variants", "file", "description"], rows))
     elif what == "variants":
         from gansweep.variants import VARIANTS
 
         rows = [[v.name, v.arch, v.loss, v.regularizer, v.conditioning, v.summary] for v in VARIANTS.values()]
-        click.echo(_table(["variant", "arch", "loss", "regularizer", "conditioning", "description"], rows))
+        click.echo(plain_table(["variant", "arch", "loss", "regularizer", "conditioning", "description"], rows))
     else:
         from gansweep.data import DATASETS
 
@@ -80,24 +59,7 @@ def list_(what: str) -> None:
             accuracy[dataset] = f"{shipped[network]['accuracy']:.1%} ({shipped[network]['checksum'][:8]}, shipped)"
         rows = [[s.name, str(s.n_classes), accuracy.get(s.name, "not trained yet"), s.summary]
                 for s in DATASETS.values()]
-        click.echo(_table(["dataset", "classes", "feature net (held-out acc.)", "description"], rows))
-
-
-def _store_options(command: Any) -> Any:
-    """--store and --tracking-uri, on every command that touches the store."""
-    command = click.option("--tracking-uri", default=None,
-                           help="MLflow part of the store instead [env MLFLOW_TRACKING_URI].")(command)
-    return click.option("--store", default=None, help="Folder of the MLflow database, artifacts and Optuna "
-                                                      "journal [env GANSWEEP_STORE, else ./mlruns].")(command)
-
-
-_MIXED = click.option("--mixed-scoring", is_flag=True, help="Rank runs scored with different feature networks or "
-                                                           "evaluation sizes in one table anyway.")
-
-
-def _reading(store: str | None, tracking_uri: str | None) -> Store:
-    """The store, which must exist, of a command that only reads it."""
-    return resolve_store(store, tracking_uri).existing()
+        click.echo(plain_table(["dataset", "classes", "feature net (held-out acc.)", "description"], rows))
 
 
 @main.command()
@@ -117,7 +79,7 @@ def _reading(store: str | None, tracking_uri: str | None) -> Store:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--n-eval", type=int, default=None,
               help="Images per evaluation slice [5,000, at most half the held-out split].")
-@_store_options
+@store_options
 @click.option("--experiment", default=None, help="MLflow experiment [default: train].")
 def train(variant: str, dataset: str, data_root: str | None, store: str | None, tracking_uri: str | None,
           experiment: str | None, n_eval: int | None, **changes: Any) -> None:
@@ -152,7 +114,7 @@ def train(variant: str, dataset: str, data_root: str | None, store: str | None, 
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--storage", default=None, help="Optuna part of the store instead: a URL (postgresql://...) or a "
                                               "journal file [default STORE/optuna.journal].")
-@_store_options
+@store_options
 @click.option("--experiment", default=None, help="MLflow experiment [default: the study's name].")
 @click.option("--fresh", is_flag=True, help="Start a new study instead of continuing the last one.")
 @click.option("--population", default="auto", show_default=True,
@@ -210,7 +172,7 @@ def _disk_full(error: BaseException) -> str | None:
 
 
 @main.command()
-@_store_options
+@store_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes; one is plenty for one "
@@ -221,7 +183,7 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
 
     if not 1 <= port <= 65535 or not 1 <= workers <= 64:
         raise InputError(f"--port must be in [1, 65535] and --workers in [1, 64], got {port} and {workers}")
-    uri = _reading(store, tracking_uri).tracking_uri
+    uri = reading(store, tracking_uri).tracking_uri
     if uri.startswith(("http://", "https://")):
         raise InputError(f"{uri} is a tracking server already; open it in a browser")
     for line in ui_links(uri, host, port):
@@ -230,114 +192,20 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
     raise SystemExit(serve_ui(uri, host, port, workers))
 
 
-_BEST = click.option("--best", is_flag=True, help="RUN_ID is a study name: use its best finished trial.")
-_CHECKPOINT = click.option("--checkpoint", "which", type=click.Choice(["last", "best"]), default="last",
-                           show_default=True, help="The run's last checkpoint, or its best by the objective.")
-
-
-def _picture_options(default_name: str) -> Any:
-    """The options of a command that draws one PNG from a run's checkpoint: seed, checkpoint, output, --best."""
-    options = [click.option("--seed", type=int, default=0, show_default=True), _CHECKPOINT,
-               click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                            help=f"PNG to write [default {default_name}-RUNID.png]; an existing file is never "
-                                 f"overwritten."),
-               _BEST, _store_options]
-
-    def apply(command: Any) -> Any:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return apply
-
-
-def _run_id(ref: str, best: bool, uri: str) -> str:
-    """The run RUN_ID names: its id or the first 8 characters of it, or with --best a study's best trial."""
-    from gansweep.generate import best_run
-    from gansweep.tracking import client_for, full_run_id
-
-    return best_run(uri, ref) if best else full_run_id(client_for(uri, create=False), ref)
-
-
-@main.command()
-@click.argument("run_id")
-@click.option("--n", type=int, default=64, show_default=True, help="Images in the grid.")
-@click.option("--label", type=int, default=None, help="Class to draw, for conditional variants.")
-@_picture_options("samples")
-def sample(run_id: str, n: int, label: int | None, seed: int, which: str, out: Path | None, best: bool,
-           store: str | None, tracking_uri: str | None) -> None:
-    """Draw a grid of images from the checkpoint of the tracked run RUN_ID."""
-    from gansweep.generate import sample_run
-    uri = _reading(store, tracking_uri).tracking_uri
-    run_id = _run_id(run_id, best, uri)
-    path = sample_run(run_id, out or Path(f"samples-{run_id[:8]}.png"), uri, n=n, label=label, seed=seed,
-                      which=which)
-    click.echo(str(path))
-
-
-@main.command()
-@click.argument("run_id")
-@click.option("--steps", type=int, default=10, show_default=True, help="Images along each line.")
-@click.option("--pairs", type=int, default=8, show_default=True, help="Random pairs of latent points (rows).")
-@_picture_options("interpolation")
-def interpolate(run_id: str, steps: int, pairs: int, seed: int, which: str, out: Path | None, best: bool,
-                store: str | None, tracking_uri: str | None) -> None:
-    """Rows of latent interpolations from the checkpoint of RUN_ID (and between classes, if conditional)."""
-    from gansweep.generate import interpolate_run
-    uri = _reading(store, tracking_uri).tracking_uri
-    run_id = _run_id(run_id, best, uri)
-    path = interpolate_run(run_id, out or Path(f"interpolation-{run_id[:8]}.png"), uri, steps=steps, pairs=pairs,
-                           seed=seed, which=which)
-    click.echo(str(path))
-
-
 @main.command()
 @click.argument("study")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="New or empty folder [default mlruns/reports/STUDY-TIME].")
-@_MIXED
-@_store_options
+@MIXED
+@store_options
 def report(study: str, out: Path | None, mixed_scoring: bool, store: str | None, tracking_uri: str | None) -> None:
     """Write the report of STUDY (plots, contact sheet, report.html/.md) and log it to the study's parent run."""
     from gansweep.report import write_report
 
-    outcome = write_report(_reading(store, tracking_uri), study, out, mixed_scoring)
+    outcome = write_report(reading(store, tracking_uri), study, out, mixed_scoring)
     logged = (f"also under report/ in parent run {outcome.parent_run_id}" if outcome.logged
               else "the store is read-only: not logged to the parent run")
     click.echo(f"{outcome.directory / 'report.html'}  ({len(outcome.files)} files; {logged})")
-
-
-@main.command()
-@click.argument("run_id")
-@click.option("--n", "n_eval", type=int, default=None, help="Images to score [the run's evaluation size].")
-@_CHECKPOINT
-@click.option("--parzen", is_flag=True, help="Also the Parzen-window log-likelihood of the test split.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--data-root", default=None, help="Where torchvision datasets live.")
-@click.option("--log", "log_to_run", is_flag=True, help="Also record the scores in the run, as eval/NAME.")
-@click.option("--any-network", is_flag=True, help="Score with this machine's feature network even where the run "
-                                                   "was scored with another.")
-@_BEST
-@_store_options
-def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: str, data_root: str | None,
-             log_to_run: bool, any_network: bool, best: bool, store: str | None, tracking_uri: str | None) -> None:
-    """Score the checkpoint of the tracked run RUN_ID again, beside the real-data floor of each score."""
-    from gansweep.generate import evaluate_run
-
-    found = _reading(store, tracking_uri)
-    if log_to_run:
-        found.for_writing()
-    uri = found.tracking_uri
-    report = evaluate_run(_run_id(run_id, best, uri), uri, which=which, n_eval=n_eval, parzen=parzen,
-                          device=device, data_root=data_root, log_to_run=log_to_run, any_network=any_network)
-    click.echo(f"{report.variant} epoch {report.epoch} on {report.dataset}, n={report.n}, "
-               f"feature net {report.feature_net} ({report.accuracy:.1%} held-out)")
-    def cell(values: dict[str, float], name: str) -> str:
-        return f"{values[name]:.4g}" if name in values else "-"
-
-    rows = [[name, cell(report.scores, name), cell(report.test, name), cell(report.test_se, name),
-             cell(report.floor, name)] for name in report.scores]
-    click.echo(_table(["score", "validation", "test", "test s.e.", "real-data floor"], rows))
 
 
 @main.command()
@@ -354,8 +222,8 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
                                            "[default: the study's objective].")
 @click.option("--columns", default=None, help="Comma-separated columns to show [default for md and latex: trial, "
                                               "swept values, seed, final scores, status; all for the others].")
-@_MIXED
-@_store_options
+@MIXED
+@store_options
 def export(study: str | None, experiment: str | None, fmt: str, out: Path | None, group_by: str | None,
            metrics: str | None, sort: str | None, columns: str | None, mixed_scoring: bool, store: str | None,
            tracking_uri: str | None) -> None:
@@ -366,7 +234,7 @@ def export(study: str | None, experiment: str | None, fmt: str, out: Path | None
         refuse_existing(out)
     names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
     by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
-    table = export_table(_reading(store, tracking_uri).tracking_uri, study, experiment, names, by, mixed_scoring,
+    table = export_table(reading(store, tracking_uri).tracking_uri, study, experiment, names, by, mixed_scoring,
                          sort)
     if columns is not None:
         table = pick_columns(table, [c.strip() for c in columns.split(",") if c.strip()])
@@ -379,3 +247,7 @@ def export(study: str | None, experiment: str | None, fmt: str, out: Path | None
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     click.echo(str(out))
+
+
+for command in (sample, interpolate, evaluate):
+    main.add_command(command)

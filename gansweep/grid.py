@@ -8,11 +8,13 @@ optuna-dashboard's) are about them. Every point is enqueued: the runner, not a s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from optuna.trial import TrialState
 
-from gansweep.trials import LIVE, Ask, Member, TrialRunner, asked_params, point_key
+from gansweep.peers import LIVE
+from gansweep.trials import Ask, Member, TrialRunner, asked_params, point_key
 
 __all__ = ["GridRunner"]
 
@@ -29,12 +31,12 @@ class GridRunner(TrialRunner):
     def _hand_out(self, grid: list[dict[str, Any]], limit: int | None) -> int:
         ran = 0
         while limit is None or ran < limit:
-            self._fail_dead()
+            self.peers.fail_dead()
             trials = self.study.get_trials(deepcopy=False)
             taken = {point_key(asked_params(t)) for t in trials if t.state in LIVE}
             remaining = [p for p in grid if point_key(p) not in taken and not self._given_up(("point", point_key(p)))]
             if not remaining:
-                if limit is None and self._wait_for_others(lambda t: True):
+                if limit is None and self.peers.wait_for_others(lambda t: True):
                     continue
                 break
             if self.population > 1:
@@ -46,8 +48,7 @@ class GridRunner(TrialRunner):
                 continue
             with self.liveness.alive(trial):
                 params = self._grid_params(trial)
-                if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params),
-                                             "point"):
+                if self.peers.stand_down_if_taken(trial, _same_point(params), "point"):
                     continue
                 self._train(trial, params, ("point", point_key(params)))
             ran += 1
@@ -87,9 +88,13 @@ class GridRunner(TrialRunner):
                 return None
             alive.enter_context(self.liveness.alive(trial))
             params = self._grid_params(trial)
-            if self._stand_down_if_taken(trial, lambda other: point_key(asked_params(other)) == point_key(params),
-                                         "point"):
+            if self.peers.stand_down_if_taken(trial, _same_point(params), "point"):
                 return None
             return self._prepare(trial, params, ("point", point_key(params)))
 
         return ask
+
+
+def _same_point(params: dict[str, Any]) -> Callable[[Any], bool]:
+    """Whether another trial was handed the point `params`."""
+    return lambda other: point_key(asked_params(other)) == point_key(params)

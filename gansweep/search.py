@@ -9,7 +9,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from gansweep.trials import LIVE, Ask, Member, TrialRunner, asked_params
+from gansweep.peers import LIVE
+from gansweep.trials import Ask, Member, TrialRunner, asked_params
 
 __all__ = ["SearchRunner"]
 
@@ -30,19 +31,19 @@ class SearchRunner(TrialRunner):
     def _hand_out(self) -> int:
         spec, ran = self.spec, 0
         while True:
-            self._fail_dead()
+            self.peers.fail_dead()
             if (variant := self._next_search_variant()) is not None:
                 left = (spec.trials or 0) - self._search_counts()[variant]
                 size = self._fit({"variant": variant}, min(self.population, left))
                 ran += self._run_population([self._search_ask(variant)] * size)
-            elif self._wait_for_others(lambda t: t.user_attrs.get("phase") == "search"):
+            elif self.peers.wait_for_others(lambda t: t.user_attrs.get("phase") == "search"):
                 continue
             elif todo := self._reruns():
                 variant = todo[0][0].params["variant"]
                 same = [(best, seed) for best, seed in todo if best.params["variant"] == variant]
                 size = self._fit(todo[0][0].params, self.population)
                 ran += self._run_population([self._rerun_ask(best, seed) for best, seed in same[:size]])
-            elif self._wait_for_others(lambda t: True):
+            elif self.peers.wait_for_others(lambda t: True):
                 continue
             else:
                 return ran
@@ -74,9 +75,9 @@ class SearchRunner(TrialRunner):
             params.update({name: _suggest(trial, name, values) for name, values in spec.space.items()})
             for key, value in (("seed", seed), ("phase", "rerun"), ("rerun_of", best.number)):
                 trial.set_user_attr(key, value)
-            if self._stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
-                                         and asked_params(other).get("variant") == params["variant"]
-                                         and other.user_attrs.get("seed") == seed, "re-run"):
+            if self.peers.stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "rerun"
+                                              and asked_params(other).get("variant") == params["variant"]
+                                              and other.user_attrs.get("seed") == seed, "re-run"):
                 return None
             return self._prepare(trial, {**params, "seed": seed}, ("rerun", params["variant"], seed))
 

@@ -5,7 +5,8 @@ population with others of the same step), and Optuna and MLflow are told how it 
 A point whose trial fails is run again, at most `retries` times in one invocation, then left failed with its
 reason, so a value that cannot work costs a few runs and a line, never an endless queue. A trial whose process
 died (see `liveness`) is failed as lost by whichever process finds it, and its point runs again; a process with
-nothing left to hand out waits while other processes' trials run, so that it can take over a dead one's point.
+nothing left to hand out waits while other processes' trials run, so that it can take over a dead one's point
+(`peers`: what a process does about the others).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
 from gansweep.hooks import Hook, TrainResult, TrainState
-from gansweep.liveness import Liveness, is_lost
+from gansweep.liveness import Liveness
+from gansweep.peers import LIVE, Peers
 from gansweep.population import members_that_fit
 from gansweep.resume import RESUMABLE_ATTR
 from gansweep.spec import StudySpec
@@ -37,12 +38,7 @@ if TYPE_CHECKING:
     from gansweep.runs import TrackedMember
     from gansweep.variants import Variant
 
-__all__ = ["TrialRunner", "Member", "Ask", "point_key", "asked_params", "short_value", "LIVE", "WAIT_S"]
-
-WAIT_S = 2.0  # how often a process with nothing to hand out looks at other processes' running trials
-
-# Trials that hold their work: done, or under way. Failed and interrupted ones give it back, to be run again.
-LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+__all__ = ["TrialRunner", "Member", "Ask", "point_key", "asked_params", "short_value"]
 
 # Asks Optuna for one trial, keeps it visibly alive in the stack and makes it ready; None where it stood down.
 Ask = Callable[[contextlib.ExitStack], "Member | None"]
@@ -74,8 +70,7 @@ class TrialRunner:
         # failed trials in this invocation per ("point", params) of a grid, ("search", variant) or ("rerun", ...)
         self.attempts: Counter[tuple] = Counter()
         self.failed: dict[tuple, str] = {}  # point -> its latest failure, as a line for the summary
-        self.ended_lost: set[int] = set()  # lost trials whose MLflow run this process has seen ended
-        self.waiting = False
+        self.peers = Peers(study, client, experiment, parent_id, liveness, progress)
         self.shown: StudyProgress | None = None
 
     @contextlib.contextmanager
@@ -104,6 +99,7 @@ class TrialRunner:
         from gansweep.variants import get_variant
 
         return params["variant"], member_key(get_variant(params["variant"]).config(**self.spec.changes(params)))
+
     def _fit(self, params: dict[str, Any], size: int) -> int:
         """At most `size` members like `params` (a sampled trial's: its variant at the study's settings), and on
         CUDA no more than fit in memory."""
@@ -115,6 +111,7 @@ class TrialRunner:
         variant = get_variant(params["variant"])
         return min(size, members_that_fit(variant, variant.config(**self.spec.changes(params)),
                                           self.data.record.image_shape, self.data.record.n_classes, device))
+
     def _run_population(self, asks: list[Ask]) -> int:
         """Ask for each trial and train those not taken meanwhile together, grouped by the step they share (a
         trial asked for one point can be handed another: a worker's enqueued point, or one a dead process left
@@ -145,56 +142,9 @@ class TrialRunner:
                 raise
         return len(members) - returned
 
-    def _fail_dead(self) -> None:
-        """Fail the trials of dead processes, and end the MLflow runs they left RUNNING."""
-        from gansweep.tracking import end_run
-
-        self.liveness.fail_dead(self.study)
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if not is_lost(trial) or trial.number in self.ended_lost:
-                continue
-            for run in self._runs_of(trial):
-                if run.info.status == "RUNNING":
-                    end_run(self.client, run.info.run_id, "lost", "its process died (killed, out of memory, or "
-                                                                  "its machine lost); the point runs again")
-            self.ended_lost.add(trial.number)
-
-    def _runs_of(self, trial: Any) -> list[Any]:
-        """The MLflow runs of a trial: found by tag, since a process may die before recording the run's id."""
-        runs = self.client.search_runs(
-            [self.experiment], filter_string=f"tags.`gansweep.trial` = '{trial.number}' and "
-                                             f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
-        return [r for r in runs if r.data.tags.get("gansweep.optuna_study") == self.study.study_name]
-
-    def _wait_for_others(self, mine: Callable[[Any], bool]) -> bool:
-        """Whether trials (those `mine` picks) still run in other processes; if so, wait a moment first."""
-        running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if mine(t)]
-        if not running:
-            return False
-        if self.progress and not self.waiting:
-            print(f"waiting for {len(running)} trial(s) running in other processes, to take over any whose "
-                  f"process dies", file=sys.stderr)
-        self.waiting = True
-        time.sleep(WAIT_S)
-        return True
-
     def _given_up(self, key: tuple) -> bool:
         return self.attempts[key] > self.retries
 
-    def _stand_down_if_taken(self, trial: Any, same: Callable[[Any], bool], what: str) -> bool:
-        """Two processes can be handed the same work at once (a grid's last point, a re-run). Each trial, its
-        work already recorded, claims it, then reads the others: it stands down as a duplicate if another trial
-        of the same work has claimed it or is done. Of two that race, the later reader sees the earlier claim,
-        so never both go on; if both read after both claimed, both stand down and the work is handed out again."""
-        trial.set_user_attr("claimed", True)
-        for other in self.study.get_trials(deepcopy=False, states=LIVE):
-            claimed = other.state != TrialState.RUNNING or other.user_attrs.get("claimed", False)
-            if other.number != trial.number and claimed and same(other):
-                trial.set_user_attr("status", "duplicate")
-                trial.set_user_attr("reason", f"{what} already taken by trial {other.number}")
-                self.study.tell(trial, state=TrialState.FAIL)
-                return True
-        return False
     def failures(self) -> tuple[str, ...]:
         """One line per grid point that failed in this invocation and has no finished or running trial now, and
         per search variant or re-run given up after its retries."""
