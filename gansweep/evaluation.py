@@ -27,8 +27,8 @@ from gansweep.errors import ConfigError, GansweepError
 from gansweep.hooks import Hook, StopTraining, TrainState
 from gansweep.nets import chunks, generate
 from gansweep.metrics import (GaussianStats, class_coverage, classifier_score, conditional_accuracy,
-                              digit_predictions, frechet_distance, gaussian_stats, kid, parzen_log_likelihood,
-                              precision_recall)
+                              digit_predictions, frechet_distance, gaussian_stats, kid, neighbour_radii,
+                              parzen_log_likelihood, precision_recall)
 from gansweep.scores import MIN_EVAL, N_EVAL, check_eval_size
 
 __all__ = ["eval_size", "Evaluator", "ScoreHook", "parzen", "EVAL_NOISE_SEED", "TEST_NOISE_SEED", "eval_inputs",
@@ -72,6 +72,7 @@ class _Slice:
     labels: Tensor
     features: Tensor
     stats: GaussianStats
+    radii: Tensor  # each image's distance to its k-th neighbour in feature space (precision and recall)
 
 
 class Evaluator:
@@ -87,7 +88,7 @@ class Evaluator:
             chosen = order[k * n:(k + 1) * n].to(data.test_images.device)
             images, labels = data.test_images[chosen], data.test_labels[chosen]
             features, _ = classifier.embed(images)
-            self.slices[name] = _Slice(images, labels, features, gaussian_stats(features))
+            self.slices[name] = _Slice(images, labels, features, gaussian_stats(features), neighbour_radii(features))
         self.seen = data.train_images[:n], data.train_labels[:n]  # what D trained on
         draws = [self.score(data.train_images[k * n:(k + 1) * n], data.train_labels[k * n:(k + 1) * n], "test")
                  for k in range(max(1, min(FLOOR_DRAWS, len(data.train_images) // n)))]
@@ -124,7 +125,7 @@ class Evaluator:
                                 torch.Generator().manual_seed(KID_SEED))
         classes, rejected = digit_predictions(logits)
         coverage, class_kl = class_coverage(classes, self.n_classes)
-        precision, recall = precision_recall(real.features, features)
+        precision, recall = precision_recall(real.features, features, real_radii=real.radii)
         scores = {"fid_proxy": frechet_distance(gaussian_stats(features), real.stats), "kid_proxy": kid_mean,
                   "kid_proxy_std": kid_std, "is_proxy": classifier_score(logits[:, :self.n_classes]),
                   "coverage": coverage, "class_kl": class_kl, "confident": len(classes) / len(features),

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["GaussianStats", "gaussian_stats", "frechet_distance", "kid", "classifier_score", "class_coverage",
-           "digit_predictions", "precision_recall", "conditional_accuracy", "parzen_log_likelihood"]
+           "digit_predictions", "neighbour_radii", "precision_recall", "conditional_accuracy", "parzen_log_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -108,19 +108,24 @@ def class_coverage(classes: Tensor, n_classes: int, fair_share: float = 0.5) -> 
     return covered / n_classes, float((nonzero * (nonzero * n_classes).log()).sum())
 
 
-def _kth_neighbour_radius(x: Tensor, k: int) -> Tensor:
+def neighbour_radii(x: Tensor, k: int = 3) -> Tensor:
     """Distance from each point to its k-th nearest other point of the same set."""
+    x = x.float()
     return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # the first is the point itself, at 0
 
 
-def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3, real_radii: Tensor | None = None
+                     ) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019): each set's manifold is the union of balls
     reaching each point's k-th neighbour; precision is the share of fake points inside the real manifold,
-    recall the share of real points inside the fake one."""
+    recall the share of real points inside the fake one. `real_radii`, `neighbour_radii(real, k)` where the
+    caller holds it already: a real set scored against many fake ones needs it once."""
     real, fake = real.float(), fake.float()
+    if real_radii is None:
+        real_radii = neighbour_radii(real, k)
     distances = torch.cdist(real, fake)  # (n_real, n_fake)
-    precision = (distances <= _kth_neighbour_radius(real, k)[:, None]).any(dim=0).float().mean()
-    recall = (distances <= _kth_neighbour_radius(fake, k)[None, :]).any(dim=1).float().mean()
+    precision = (distances <= real_radii[:, None]).any(dim=0).float().mean()
+    recall = (distances <= neighbour_radii(fake, k)[None, :]).any(dim=1).float().mean()
     return float(precision), float(recall)
 
 

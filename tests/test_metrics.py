@@ -21,7 +21,8 @@ from gansweep.feature_training import Recipe, train_classifier
 from gansweep import evaluation
 from gansweep.evaluation import Evaluator, ScoreHook, parzen
 from gansweep.metrics import (GaussianStats, class_coverage, classifier_score, conditional_accuracy, digit_predictions,
-                              frechet_distance, gaussian_stats, kid, parzen_log_likelihood, precision_recall)
+                              frechet_distance, gaussian_stats, kid, neighbour_radii, parzen_log_likelihood,
+                              precision_recall)
 from gansweep.trainer import train
 from gansweep.variants import get_variant
 
@@ -90,6 +91,20 @@ def test_precision_recall_by_hand():
     fake = torch.tensor([[2.0], [10.0]])
     precision, recall = precision_recall(real, fake, k=1)
     assert precision == pytest.approx(0.5) and recall == pytest.approx(1.0)
+
+
+def test_precision_recall_with_the_real_radii_held_by_the_caller():
+    """The line above: its radii are all 1. Radii of 0.5 still hold the fake at 2 (a real point, at distance 0)
+    and not the one at 10: precision 1/2; radii of -1 hold no fake: precision 0, so the radii given are the
+    ones used. On random sets the radii given equal the ones worked out, to the bit."""
+    real = torch.arange(5.0)[:, None]
+    fake = torch.tensor([[2.0], [10.0]])
+    assert neighbour_radii(real, 1).tolist() == [1.0] * 5
+    assert precision_recall(real, fake, 1, torch.full((5,), 0.5)) == (0.5, 1.0)
+    assert precision_recall(real, fake, 1, torch.full((5,), -1.0)) == (0.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(300, 16, generator=g), torch.randn(200, 16, generator=g) + 0.3
+    assert precision_recall(real, fake, 3, neighbour_radii(real, 3)) == precision_recall(real, fake, 3)
 
 
 def test_parzen_of_one_sample_is_a_gaussian_density():
