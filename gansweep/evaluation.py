@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -73,6 +73,7 @@ class _Slice:
     features: Tensor
     stats: GaussianStats
     radii: Tensor  # each image's distance to its k-th neighbour in feature space (precision and recall)
+    kid_memo: dict[tuple, Tensor] = field(default_factory=dict)  # KID's sums over this slice alone (metrics.kid)
 
 
 class Evaluator:
@@ -122,7 +123,7 @@ class Evaluator:
 
     def _scores(self, features: Tensor, logits: Tensor, labels: Tensor | None, real: _Slice) -> dict[str, float]:
         kid_mean, kid_std = kid(real.features, features, KID_SUBSETS, self._kid_subset(),
-                                torch.Generator().manual_seed(KID_SEED))
+                                torch.Generator().manual_seed(KID_SEED), real.kid_memo)
         classes, rejected = digit_predictions(logits)
         coverage, class_kl = class_coverage(classes, self.n_classes)
         precision, recall = precision_recall(real.features, features, real_radii=real.radii)

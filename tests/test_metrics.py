@@ -107,6 +107,26 @@ def test_precision_recall_with_the_real_radii_held_by_the_caller():
     assert precision_recall(real, fake, 3, neighbour_radii(real, 3)) == precision_recall(real, fake, 3)
 
 
+def test_kid_with_a_memo_of_the_real_sums():
+    """A memo kept for one real set changes nothing, to the bit, at its first use and after, with other fake sets;
+    it holds one entry per draw of subsets, and that entry is what is read: one made 0 changes the result by
+    the real sums' mean over m(m - 1)."""
+    g = torch.Generator().manual_seed(0)
+    real, fakes = torch.randn(200, 8, generator=g), [torch.randn(150, 8, generator=g) + s for s in (0.0, 0.5)]
+    memo: dict = {}
+    for fake in [*fakes, fakes[0]]:
+        assert (kid(real, fake, 10, 50, torch.Generator().manual_seed(3), memo)
+                == kid(real, fake, 10, 50, torch.Generator().manual_seed(3)))
+    assert len(memo) == 1
+    kid(real, fakes[0], 10, 50, torch.Generator().manual_seed(4), memo)
+    assert len(memo) == 2
+    key, sums = next(iter(memo.items()))  # seed 3's draw, the first kept
+    plain, _ = kid(real, fakes[0], 10, 50, torch.Generator().manual_seed(3))
+    memo[key] = torch.zeros_like(sums)
+    emptied, _ = kid(real, fakes[0], 10, 50, torch.Generator().manual_seed(3), memo)
+    assert emptied == pytest.approx(plain - float(sums.mean()) / (50 * 49), rel=1e-12, abs=1e-12)
+
+
 def test_parzen_of_one_sample_is_a_gaussian_density():
     """One sample at 0, a point at distance 1 in 2-D, sigma 0.5: log N = -1/(2 .25) - log(2 pi .25)."""
     ll = parzen_log_likelihood(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), 0.5)
