@@ -42,6 +42,7 @@ SLICE_SEED = 0  # the permutation: MNIST's test file is in writer order, so its 
 FLOOR_DRAWS = 4  # disjoint draws of training images whose scores give a floor's mean and spread
 BOOTSTRAP, BOOTSTRAP_SEED = 20, 0  # resamples of the generated samples behind each standard error
 KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0
+NEIGHBOURS = 3  # precision and recall: each set's manifold reaches each point's k-th neighbour (Kynkaanniemi et al.)
 
 
 def eval_size(requested: int | None, data: Dataset) -> int:
@@ -72,7 +73,7 @@ class _Slice:
     labels: Tensor
     features: Tensor
     stats: GaussianStats
-    radii: Tensor  # each image's distance to its k-th neighbour in feature space (precision and recall)
+    radii: Tensor  # each image's distance to its NEIGHBOURS-th neighbour in feature space (precision, recall)
     kid_memo: dict[tuple, Tensor] = field(default_factory=dict)  # KID's sums over this slice alone (metrics.kid)
 
 
@@ -89,7 +90,8 @@ class Evaluator:
             chosen = order[k * n:(k + 1) * n].to(data.test_images.device)
             images, labels = data.test_images[chosen], data.test_labels[chosen]
             features, _ = classifier.embed(images)
-            self.slices[name] = _Slice(images, labels, features, gaussian_stats(features), neighbour_radii(features))
+            self.slices[name] = _Slice(images, labels, features, gaussian_stats(features),
+                                        neighbour_radii(features, NEIGHBOURS))
         self.seen = data.train_images[:n], data.train_labels[:n]  # what D trained on
         draws = [self.score(data.train_images[k * n:(k + 1) * n], data.train_labels[k * n:(k + 1) * n], "test")
                  for k in range(max(1, min(FLOOR_DRAWS, len(data.train_images) // n)))]
@@ -126,7 +128,7 @@ class Evaluator:
                                 torch.Generator().manual_seed(KID_SEED), real.kid_memo)
         classes, rejected = digit_predictions(logits)
         coverage, class_kl = class_coverage(classes, self.n_classes)
-        precision, recall = precision_recall(real.features, features, real_radii=real.radii)
+        precision, recall = precision_recall(real.features, features, NEIGHBOURS, real.radii)
         scores = {"fid_proxy": frechet_distance(gaussian_stats(features), real.stats), "kid_proxy": kid_mean,
                   "kid_proxy_std": kid_std, "is_proxy": classifier_score(logits[:, :self.n_classes]),
                   "coverage": coverage, "class_kl": class_kl, "confident": len(classes) / len(features),

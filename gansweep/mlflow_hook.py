@@ -12,7 +12,7 @@ import math
 import platform
 import time
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 import gansweep
 from gansweep.hooks import Hook, StepLog, TrainResult, TrainState
-from gansweep.tracking import checksum_tag, end_run, git_commit
+from gansweep.tracking import checksum_tag, end_run, git_commit, write_later, written
 
 if TYPE_CHECKING:
     from gansweep.data import DataRecord
@@ -34,22 +34,16 @@ EXTREMES = ("loss/d", "grad_norm/d", "grad_norm/g")
 
 FLOOR_PREFIXES = ("floor/", "floor_sd/")  # the real-data floors: the same for every run of a dataset and size
 
-# Writes step metrics off the training loop's path, for every run of the process in the order they came: one
-# thread, so two runs' points never contend for the store. Not MLflow's asynchronous logging: each run's end
-# (`set_terminated`) shuts that down, and its idle worker notices only after a 1 s timeout, so every run's end
-# waited up to a second (0.7 s on average on the CPU, more than a trial of one mnist-5k epoch trains).
-_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gansweep-metrics")
-
-
 class MlflowHook(Hook):
     """Records one training run in an existing MLflow run: params, step metrics, per-epoch scores, sample grids (as
     files and through MLflow's image logging, keyed `samples` by epoch) and checkpoints as they are written
     (`checkpoints_saved`), then a GIF of the grids and a loss figure.
 
     `work_dir` holds what the sample-grid and checkpoint hooks write; this hook copies it into the run's artifacts.
-    Step metrics are one point per window of `log_every` G steps (`EXTREMES`), handed to a writer thread
-    (`_WRITER`) so that the loop does not wait on the store; they are waited for at every epoch's end, before
-    anything (scores, checkpoints, the run's end) that a resume or a reader would take as covering them.
+    Step metrics are one point per window of `log_every` G steps (`EXTREMES`), handed to the process's writer
+    thread (`tracking.write_later`) so that the loop does not wait on the store; they are waited for at every
+    epoch's end, before anything (scores, checkpoints, the run's end) that a resume or a reader would take as
+    covering them.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, work_dir: Path, objective: str,
@@ -113,14 +107,13 @@ class MlflowHook(Hook):
             self.history[name].append((step, value))
         points["perf/images_per_s"] = log.images_per_s
         now = int(time.time() * 1000)
-        self.queued.append(_WRITER.submit(self.client.log_batch, self.run_id,
-                                          metrics=[Metric(name, value, now, step) for name, value in points.items()]))
+        self.queued.append(write_later(self.client, self.run_id,
+                                       [Metric(name, value, now, step) for name, value in points.items()]))
 
     def _drain(self) -> None:
         """Wait until every queued point is in the store; a store that refused one raises here."""
         queued, self.queued = self.queued, []
-        for written in queued:
-            written.result()
+        written(queued)
 
     def on_epoch_end(self, state: TrainState) -> None:
         self._drain()

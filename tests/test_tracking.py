@@ -1,13 +1,17 @@
 """Step metrics as MLflow holds them: one point per window of G steps, read back through MLflow's own client and
 checked against the values the loop handed its hooks."""
 
+import functools
 import statistics
+import time
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from gansweep.hooks import Hook
 from gansweep.mlflow_hook import EXTREMES, MlflowHook
-from gansweep.tracking import client_for, experiment_id
+from gansweep.tracking import client_for, end_run, experiment_id
 from gansweep.trainer import train
 from gansweep.variants import get_variant
 
@@ -80,3 +84,60 @@ def test_every_point_of_an_epoch_is_in_the_store_when_the_epoch_ends(tracked):
     assert seen == [2, 4, 6]  # logged asynchronously, yet waited for before scores and checkpoints
     assert client.get_run(run_id).info.status == "FINISHED"
 
+
+
+class SlowStore(MlflowClient):
+    """The real sqlite store, slow to take step metrics, and refusing those of the G steps in `refuse`."""
+
+    def __init__(self, uri, refuse=()):
+        super().__init__(uri)
+        self.refuse = set(refuse)
+
+    def log_batch(self, run_id, metrics=(), **kwargs):
+        if any(m.key == "loss/g" for m in metrics):
+            time.sleep(0.2)
+            if any(m.step in self.refuse for m in metrics):
+                raise MlflowException("the store is full")
+        return super().log_batch(run_id, metrics=metrics, **kwargs)
+
+
+class Breaks(Hook):
+    def on_log(self, state, log):
+        if state.step >= 10:
+            raise RuntimeError("a bug in a hook")
+
+
+def _tracked_training(tmp_path, client, data, extra_hooks):
+    """A 3-epoch `gan` run of 6 G steps an epoch, logged every 2, tracked through `client`: (run id, train)."""
+    run_id = client.create_run(experiment_id(client, "writer")).info.run_id
+    (tmp_path / "work").mkdir()
+    variant = get_variant("gan")
+    hooks = [MlflowHook(client, run_id, tmp_path / "work", "fid_proxy", {}), *extra_hooks]
+    return run_id, functools.partial(train, variant, variant.config(**{**TINY, "epochs": 3, "log_every": 2}), data,
+                                     hooks)
+
+
+def test_a_refused_step_metric_fails_the_run_at_the_epoch_s_end_after_every_other_write(tmp_path, tiny_data):
+    """Windows of 2 G steps: points at 2, 4, 6 in the first epoch. The store refuses the point at 2; the error is
+    raised at the epoch's end, once the points at 4 and 6 are written too, not while they are still queued."""
+    client = SlowStore(f"sqlite:///{tmp_path}/store.db", refuse={2})
+    run_id, run = _tracked_training(tmp_path, client, tiny_data, [])
+    with pytest.raises(MlflowException, match="the store is full"):
+        run()
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss/g"))
+    assert steps == [4, 6]
+
+
+def test_a_run_ended_on_a_failure_path_gets_no_step_metric_after_its_end(tmp_path, tiny_data):
+    """A hook after the tracking hook raises at G step 10: the run stops with points still queued and its hook
+    never drains them. Ending the run waits for the writer first: what the store holds when the run has ended
+    is all it will ever hold of it."""
+    client = SlowStore(f"sqlite:///{tmp_path}/store.db")
+    run_id, run = _tracked_training(tmp_path, client, tiny_data, [Breaks()])
+    with pytest.raises(RuntimeError, match="a bug in a hook"):
+        run()
+    end_run(client, run_id, "failed", "RuntimeError: a bug in a hook")
+    at_end = sorted(m.step for m in client.get_metric_history(run_id, "loss/g"))
+    time.sleep(0.5)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss/g")) == at_end == [2, 4, 6, 8, 10]
+    assert client.get_run(run_id).info.status == "FAILED"
