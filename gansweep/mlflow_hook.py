@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 import gansweep
 from gansweep.hooks import Hook, StepLog, TrainResult, TrainState
-from gansweep.tracking import checksum_tag, end_run, git_commit, write_later, written
+from gansweep.tracking import checksum_tag, end_run, git_commit, upload_tag, write_later, written
 
 if TYPE_CHECKING:
     from gansweep.data import DataRecord
@@ -147,8 +147,12 @@ class MlflowHook(Hook):
 
         with uninterrupted():
             for path in paths:
-                self.client.log_artifact(self.run_id, str(path), "checkpoints")  # replaces the old file whole
-                tags = [RunTag(checksum_tag(path.name), sha256(path))]
+                digest = sha256(path)
+                # tagged before the upload, which replaces the old file: whenever the process dies, the file in
+                # the run is the one `checksum_tag` or `upload_tag` describes (resume.fetch_checkpoint)
+                self.client.set_tag(self.run_id, upload_tag(path.name), digest)
+                self.client.log_artifact(self.run_id, str(path), "checkpoints")
+                tags = [RunTag(checksum_tag(path.name), digest)]
                 if path.name == "last.pt":
                     tags.append(RunTag("gansweep.checkpoint_epoch", str(state.epoch)))
                 else:

@@ -36,17 +36,22 @@ class Resume:
 
 def fetch_checkpoint(client: Any, run_id: str, name: str, directory: Path) -> tuple[Path, str | None]:
     """The run's checkpoints/`name` downloaded into `directory`, with the SHA-256 the run recorded for it
-    (None for runs made before checksums were recorded)."""
+    (None for runs made before checksums were recorded). A process that died after uploading the file and
+    before tagging its checksum left it described by the digest tagged before the upload: that one then."""
     from mlflow.exceptions import MlflowException
 
-    from gansweep.tracking import checksum_tag
+    from gansweep.checkpoint import sha256
+    from gansweep.tracking import checksum_tag, upload_tag
 
     try:
         path = Path(client.download_artifacts(run_id, f"checkpoints/{name}", str(directory)))
-        recorded = client.get_run(run_id).data.tags.get(checksum_tag(name))
+        tags = client.get_run(run_id).data.tags
     except (MlflowException, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GansweepError(f"no {name} for run {run_id!r} ({first})") from None
+    recorded, uploaded = tags.get(checksum_tag(name)), tags.get(upload_tag(name))
+    if uploaded not in (None, recorded) and sha256(path) == uploaded:
+        return path, uploaded
     return path, recorded
 
 

@@ -22,7 +22,7 @@ import gansweep
 from gansweep.store import store_lock
 
 __all__ = ["slug", "client_for", "experiment_id", "study_parents", "RUN_STATUS", "end_run", "git_commit",
-           "checksum_tag", "full_run_id", "run_tags", "write_later", "written"]
+           "checksum_tag", "upload_tag", "full_run_id", "run_tags", "write_later", "written"]
 
 # How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
 RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "collapsed": "KILLED", "interrupted": "KILLED",
@@ -146,6 +146,12 @@ def run_tags(tags: dict[str, str]) -> dict[str, str]:
 def checksum_tag(name: str) -> str:
     """The run tag holding the SHA-256 of the checkpoint file `name` (last.pt, best.pt) as it was logged."""
     return f"gansweep.sha256.{name}"
+
+
+def upload_tag(name: str) -> str:
+    """The run tag holding the SHA-256 of the file `name` being uploaded, tagged before the upload starts: a
+    process killed between the upload and `checksum_tag` leaves a whole file that this one describes."""
+    return f"gansweep.sha256_uploading.{name}"
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, reason: str) -> None:

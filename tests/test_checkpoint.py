@@ -162,3 +162,55 @@ def test_a_run_resumed_after_its_last_epoch_or_its_stop_ends_as_it_did(tmp_path,
         again = train(variant, config, tiny_data, [Scores(stop_at)], resume=saved)
         assert (again.status, again.reason, again.epochs, again.steps) == (status, done.reason, epochs, done.steps)
         assert again.scores == done.scores and again.notes == done.notes and again.last == done.last
+
+
+def _store_dying_at(uri, at, epoch):
+    """The real sqlite store, where a process dies (SystemExit, as SIGKILL would stop it) while it records
+    last.pt at `epoch`: at its upload (`at="upload"`), or at its checksum tag just after (`at="tag"`)."""
+    from mlflow.tracking import MlflowClient
+
+    class Dying(MlflowClient):
+        epoch_now = 0
+
+        def log_artifact(self, run_id, local_path, artifact_path=None):
+            if at == "upload" and self.epoch_now == epoch and Path(local_path).name == "last.pt":
+                raise SystemExit("killed during the upload")
+            return super().log_artifact(run_id, local_path, artifact_path)
+
+        def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+            if at == "tag" and self.epoch_now == epoch and any(t.key == "gansweep.sha256.last.pt" for t in tags):
+                raise SystemExit("killed after the upload")
+            return super().log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    return Dying(uri)
+
+
+@pytest.mark.parametrize("at, epoch_in_the_run", [("upload", 1), ("tag", 2)])
+def test_a_process_killed_while_it_records_a_checkpoint_leaves_one_that_resumes(tmp_path, tiny_data, at,
+                                                                                epoch_in_the_run):
+    """Killed at epoch 2's checkpoint: before its file lands, the run keeps epoch 1's, as its checksum says; after
+    the file lands and before its checksum is tagged, the run holds epoch 2's, described by the digest tagged
+    before the upload. Either way what the run holds is whole and is read back for a resume."""
+    from gansweep.mlflow_hook import MlflowHook
+    from gansweep.resume import fetch_checkpoint
+    from gansweep.tracking import client_for, experiment_id
+
+    uri = f"sqlite:///{tmp_path}/store.db"
+    client_for(uri)
+    store = _store_dying_at(uri, at, epoch=2)
+    run_id = store.create_run(experiment_id(store, "killed")).info.run_id
+    work = tmp_path / "work"
+    work.mkdir()
+
+    class Epoch(Hook):
+        def on_epoch_end(self, state):
+            store.epoch_now = state.epoch
+
+    variant = get_variant("gan")
+    tracking = MlflowHook(store, run_id, work, "loss", {})
+    hooks = [Epoch(), tracking, CheckpointHook(work, "loss", True, on_saved=tracking.checkpoints_saved)]
+    with pytest.raises(SystemExit):
+        train(variant, variant.config(**{**TINY, "epochs": 3}), tiny_data, hooks)
+    path, recorded = fetch_checkpoint(client_for(uri), run_id, "last.pt", tmp_path / "fetched")
+    assert recorded == sha256(path)
+    assert load_checkpoint(path, expected_sha256=recorded).epoch == epoch_in_the_run
