@@ -27,25 +27,35 @@ class Recorder(Hook):
 
 
 class StoreReader(Hook):
-    """At each epoch's end, after the tracking hook's, what the store already holds of a step curve."""
+    """At each epoch's end, after the tracking hook's, what the store already holds of a step curve of the run
+    `run_id` (set once the run exists)."""
 
-    def __init__(self, client, run_id):
-        self.client, self.run_id, self.seen = client, run_id, []
+    def __init__(self, client):
+        self.client, self.run_id, self.seen = client, None, []
 
     def on_epoch_end(self, state):
         self.seen.append(len(self.client.get_metric_history(self.run_id, "loss/g")))
 
 
-@pytest.fixture
-def tracked(tiny_data, tmp_path):
-    """A 3-epoch `gan` run of 6 G steps an epoch, logged every 4: windows of 4 and 2 steps."""
-    client = client_for(f"sqlite:///{tmp_path}/store.db")
+def _tracked_training(tmp_path, client, data, log_every, extra_hooks):
+    """A 3-epoch `gan` run of 6 G steps an epoch, tracked through `client`, its hooks after the tracking hook's:
+    (run id, a call that trains it)."""
     run_id = client.create_run(experiment_id(client, "windows")).info.run_id
     (tmp_path / "work").mkdir()
-    recorder, reader = Recorder(), StoreReader(client, run_id)
-    hooks = [recorder, MlflowHook(client, run_id, tmp_path / "work", "fid_proxy", {}), reader]
     variant = get_variant("gan")
-    result = train(variant, variant.config(**{**TINY, "epochs": 3, "log_every": 4}), tiny_data, hooks)
+    hooks = [MlflowHook(client, run_id, tmp_path / "work", "fid_proxy", {}), *extra_hooks]
+    config = variant.config(**{**TINY, "epochs": 3, "log_every": log_every})
+    return run_id, functools.partial(train, variant, config, data, hooks)
+
+
+@pytest.fixture
+def tracked(tiny_data, tmp_path):
+    """Logged every 4: windows of 4 and 2 steps."""
+    client = client_for(f"sqlite:///{tmp_path}/store.db")
+    recorder, reader = Recorder(), StoreReader(client)
+    run_id, run = _tracked_training(tmp_path, client, tiny_data, 4, [recorder, reader])
+    reader.run_id = run_id
+    result = run()
     assert result.status == "finished" and result.steps == 18
     return client, run_id, recorder.logs, reader.seen
 
@@ -107,21 +117,11 @@ class Breaks(Hook):
             raise RuntimeError("a bug in a hook")
 
 
-def _tracked_training(tmp_path, client, data, extra_hooks):
-    """A 3-epoch `gan` run of 6 G steps an epoch, logged every 2, tracked through `client`: (run id, train)."""
-    run_id = client.create_run(experiment_id(client, "writer")).info.run_id
-    (tmp_path / "work").mkdir()
-    variant = get_variant("gan")
-    hooks = [MlflowHook(client, run_id, tmp_path / "work", "fid_proxy", {}), *extra_hooks]
-    return run_id, functools.partial(train, variant, variant.config(**{**TINY, "epochs": 3, "log_every": 2}), data,
-                                     hooks)
-
-
 def test_a_refused_step_metric_fails_the_run_at_the_epoch_s_end_after_every_other_write(tmp_path, tiny_data):
     """Windows of 2 G steps: points at 2, 4, 6 in the first epoch. The store refuses the point at 2; the error is
     raised at the epoch's end, once the points at 4 and 6 are written too, not while they are still queued."""
     client = SlowStore(f"sqlite:///{tmp_path}/store.db", refuse={2})
-    run_id, run = _tracked_training(tmp_path, client, tiny_data, [])
+    run_id, run = _tracked_training(tmp_path, client, tiny_data, 2, [])
     with pytest.raises(MlflowException, match="the store is full"):
         run()
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss/g"))
@@ -133,7 +133,7 @@ def test_a_run_ended_on_a_failure_path_gets_no_step_metric_after_its_end(tmp_pat
     never drains them. Ending the run waits for the writer first: what the store holds when the run has ended
     is all it will ever hold of it."""
     client = SlowStore(f"sqlite:///{tmp_path}/store.db")
-    run_id, run = _tracked_training(tmp_path, client, tiny_data, [Breaks()])
+    run_id, run = _tracked_training(tmp_path, client, tiny_data, 2, [Breaks()])
     with pytest.raises(RuntimeError, match="a bug in a hook"):
         run()
     end_run(client, run_id, "failed", "RuntimeError: a bug in a hook")
