@@ -15,12 +15,14 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
 
@@ -176,13 +178,13 @@ def _rdb_storage(url: str, heartbeat_s: int, grace_s: int) -> Any:
     """Optuna's RDBStorage, with heartbeats. Workers that open a new database together race to create its tables:
     on one sqlite file they take turns (store_lock); on a server the loser of the race gets a unique-constraint or
     duplicate-table error and tries again, when the tables are there."""
-    import optuna
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(_TABLE_RACE_TRIES):
         try:
             with store_lock(url):
-                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s)
+                kind = _SqliteStorage if url.startswith("sqlite:") else RDBStorage
+                return kind(url, heartbeat_interval=heartbeat_s, grace_period=grace_s)
         except (IntegrityError, ProgrammingError):
             if attempt == _TABLE_RACE_TRIES - 1:
                 raise
@@ -190,6 +192,20 @@ def _rdb_storage(url: str, heartbeat_s: int, grace_s: int) -> Any:
 
 
 _TABLE_RACE_TRIES = 5
+
+
+class _SqliteStorage(RDBStorage):
+    """Optuna's RDB storage on one sqlite file, whose trial state changes are atomic across processes.
+
+    Optuna hands out an enqueued trial by reading its state FOR UPDATE and writing RUNNING only if it was WAITING.
+    sqlite ignores FOR UPDATE, and Python's sqlite3 takes the write lock only at the write, so two processes could
+    both read WAITING and both train the one trial (the second to finish then failed on a trial already ended).
+    Each state change here reads and writes under the store's file lock."""
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        with store_lock(self.url):
+            return super().set_trial_state_values(trial_id, state, values)
 
 
 def resolve_store(store: str | None = None, tracking_uri: str | None = None, storage: str | None = None) -> Store:

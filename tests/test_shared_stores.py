@@ -214,3 +214,44 @@ def test_a_worker_killed_mid_trial_costs_no_point(stores: Stores, tmp_path: Path
         codes = exit_codes(running[1:], deadline)
         assert codes == [0] * (WORKERS - 1), logs(running)
     check_grid_done(stores, name, may_be_lost={t.number for t in under_way})
+
+
+CLAIM = """
+import sys, time
+import optuna
+from optuna.trial import TrialState
+from gansweep.store import resolve_store
+
+folder, url, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+storage = resolve_store(store=folder, storage=url).optuna()
+read = storage.check_trial_is_updatable  # called between Optuna's read of a trial's state and its write
+
+def slow_read(trial_id, state):
+    read(trial_id, state)
+    if state == TrialState.WAITING:
+        time.sleep(0.5)  # as if the process were descheduled right after it read WAITING
+
+storage.check_trial_is_updatable = slow_read
+study = optuna.load_study(study_name="claim", storage=storage)
+time.sleep(max(0.0, start - time.time()))
+trial = study.ask()
+print(trial.number, trial.user_attrs.get("seed"))
+"""
+
+
+def test_one_enqueued_trial_is_handed_to_one_of_two_processes_on_sqlite(tmp_path: Path) -> None:
+    """Two processes ask for the one enqueued trial at the same moment, each pausing between reading its state
+    and claiming it: on a sqlite storage (which ignores Optuna's FOR UPDATE) exactly one gets it; the other gets a
+    fresh trial, which gansweep ends as a duplicate. Else both would train the one point."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="claim", storage=url)
+    study.enqueue_trial({}, user_attrs={"seed": 7})
+    start = time.time() + 5  # both started and waiting by then
+    claims = [subprocess.Popen([sys.executable, "-c", CLAIM, str(tmp_path), url, str(start)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [c.communicate(timeout=120) for c in claims]
+    assert [c.returncode for c in claims] == [0, 0], [err for _, err in results]
+    assert sorted(out.split() for out, _ in results) == [["0", "7"], ["1", "None"]]
+    trials = optuna.load_study(study_name="claim", storage=url).get_trials()
+    assert [(t.number, t.state, t.user_attrs) for t in trials] == [(0, TrialState.RUNNING, {"seed": 7}),
+                                                                    (1, TrialState.RUNNING, {})]
