@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
 from gansweep.hooks import Hook, TrainResult, TrainState
-from gansweep.liveness import Liveness
+from gansweep.liveness import GRACE_S, Liveness
 from gansweep.peers import LIVE, Peers
 from gansweep.population import members_that_fit
 from gansweep.resume import RESUMABLE_ATTR
@@ -312,9 +313,15 @@ class _Recorded(Hook):
         self.runner, self.trial, self.done = runner, trial, False
 
     def on_end(self, state: TrainState, result: TrainResult) -> None:
-        if result.status != "interrupted":
+        if result.status == "interrupted":
+            return
+        try:
             self.runner._record(self.trial, result)
-            self.done = True
+        except UpdateFinishedTrialError:  # another process ended it, taking this one for dead: the point is theirs
+            print(f"warning: trial {self.trial.number} was ended by another process while this one trained it "
+                  f"(no sign of life from here for {GRACE_S} s: a suspended machine, a store out of reach); "
+                  f"its point is left to the study", file=sys.stderr)
+        self.done = True
 
 
 def short_value(value: Any) -> str:

@@ -410,3 +410,32 @@ def test_a_running_trial_is_dead_only_once_nothing_keeps_it_alive(tmp_path, monk
     if kind == "journal":  # its lease is free now, as when the process holding it dies
         keeper.fail_dead(s)
         assert s.trials[1].state == TrialState.FAIL and liveness.is_lost(s.trials[1])
+
+
+def test_a_worker_taken_for_dead_gives_its_point_up_and_goes_on(folder, monkeypatch, capsys):
+    """Another process fails a trial as lost while this one still trains it (its heartbeat lapsed: a suspended
+    machine, a database out of reach). When this one comes to record it, it says so in one line and goes on with
+    the study instead of dying; the point runs again, and the study ends whole, with nothing RUNNING."""
+    from gansweep.trials import TrialRunner
+
+    write_study(folder, epochs=2)
+    record = TrialRunner._record
+
+    def taken_over_first(self, trial, result):
+        if trial.number == 0:  # as another process would: through a storage of its own
+            optuna.load_study(study_name="long", storage=resolve_store().optuna()).tell(0, state=TrialState.FAIL)
+        return record(self, trial, result)
+
+    monkeypatch.setattr(TrialRunner, "_record", taken_over_first)
+    outcome = run_study(load_spec(folder / "studies" / "long.toml"), StudyOptions(device="cpu", progress=False))
+    err = capsys.readouterr().err
+    assert "trial 0 was ended by another process while this one trained it" in err and "Traceback" not in err
+    trials = study().trials
+    assert trials[0].state == TrialState.FAIL and "status" not in trials[0].user_attrs  # lost, not recorded here
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lr"] for t in done) == [2e-4, 1e-3]
+    (resumed,) = [t for t in done if t.user_attrs.get("resumed_from") == 0]  # from its last checkpoint, in its run
+    assert resumed.user_attrs["mlflow_run_id"] == trials[0].user_attrs["mlflow_run_id"]
+    finished = outcome.table[outcome.table["status"] == "finished"]
+    assert sorted(finished["run_id"]) == sorted(t.user_attrs["mlflow_run_id"] for t in done)
+    nothing_running()
