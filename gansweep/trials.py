@@ -1,5 +1,5 @@
 """What every study's trials share: a trial is made ready as an MLflow child run, trained (alone or in a
-population with others of the same step), and Optuna and MLflow are told how it ended. `grid.GridRunner` and
+population with others of the same step), and Optuna and MLflow are told how it ended (`outcomes`). `grid.GridRunner` and
 `search.SearchRunner` decide which trials to ask for.
 
 A point whose trial fails is run again, at most `retries` times in one invocation, then left failed with its
@@ -12,23 +12,19 @@ nothing left to hand out waits while other processes' trials run, so that it can
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
-from gansweep.hooks import Hook, TrainResult, TrainState
-from gansweep.liveness import GRACE_S, Liveness
+from gansweep.hooks import Hook
+from gansweep.liveness import Liveness
+from gansweep.outcomes import Outcomes, Recorded, reason, resumable
 from gansweep.peers import LIVE, Peers
 from gansweep.population import members_that_fit
-from gansweep.resume import RESUMABLE_ATTR
 from gansweep.spec import StudySpec
 from gansweep.summary import record_counts
 from gansweep.trial_hooks import CollapseStop, OptunaReport
@@ -68,9 +64,7 @@ class TrialRunner:
         self.population = population  # grid points of one step trained together, at most
         self.experiment, self.parent_id, self.data, self.progress = experiment, parent_id, data, progress
         self.evaluator, self.retries = evaluator, retries
-        # failed trials in this invocation per ("point", params) of a grid, ("search", variant) or ("rerun", ...)
-        self.attempts: Counter[tuple] = Counter()
-        self.failed: dict[tuple, str] = {}  # point -> its latest failure, as a line for the summary
+        self.outcomes = Outcomes(spec, study, client, self._counted)
         self.peers = Peers(study, client, experiment, parent_id, liveness, progress)
         self.shown: StudyProgress | None = None
 
@@ -137,20 +131,20 @@ class TrialRunner:
             except BaseException as e:
                 for member in members:
                     if member.trial.number not in handed:
-                        _resumable(member.trial)
+                        resumable(member.trial)
                         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-                        self._end(member.trial, member.tracked.run_id, status, f"not trained: {_reason(e)}")
+                        self.outcomes.end(member.trial, member.tracked.run_id, status, f"not trained: {reason(e)}")
                 raise
         return len(members) - returned
 
     def _given_up(self, key: tuple) -> bool:
-        return self.attempts[key] > self.retries
+        return self.outcomes.attempts[key] > self.retries
 
     def failures(self) -> tuple[str, ...]:
         """One line per grid point that failed in this invocation and has no finished or running trial now, and
         per search variant or re-run given up after its retries."""
         live = {("point", point_key(asked_params(t))) for t in self.study.get_trials(deepcopy=False, states=LIVE)}
-        return tuple(line for key, line in self.failed.items()
+        return tuple(line for key, line in self.outcomes.failed.items()
                      if (key not in live if key[0] == "point" else self._given_up(key)))
 
     def _train(self, trial: Any, params: dict[str, Any], key: tuple) -> None:
@@ -196,14 +190,14 @@ class TrialRunner:
         hooks: list[Hook] = [OptunaReport(trial, spec.objective.key, spec.pruner)]
         if spec.collapse_window:
             hooks.append(CollapseStop(spec.collapse_window))
-        recorded = _Recorded(self, trial)
+        recorded = Recorded(self.outcomes, trial)
         tracked = TrackedMember(run_id, config, extra, [*hooks, recorded], label if self.progress else None,
                                 None if resume is None else resume.saved)
         return Member(trial, params, key, f"trial {trial.number} ({name})", variant, tracked, recorded)
 
     def _train_together(self, members: list[Member]) -> int:
         """Train the members as one population (one step for all; each its own run). Each is recorded the moment
-        it ends (`_Recorded`); an error of the population is that of every member not ended by then. A population
+        it ends (`outcomes.Recorded`); an error of the population is that of every member not ended by then. A population
         that runs out of device memory hands its open members back, resumable and not counted as a failed try,
         and halves the population size for the rest of the study: the estimate (`members_that_fit`) was too
         generous. Returns how many members it handed back."""
@@ -220,17 +214,17 @@ class TrialRunner:
                                self.spec.objective.metric, [m.tracked for m in members])
         except KeyboardInterrupt as e:
             for m in still_open():
-                self._end(m.trial, m.tracked.run_id, "interrupted", _reason(e))
+                self.outcomes.end(m.trial, m.tracked.run_id, "interrupted", reason(e))
             raise
         except GansweepError as e:
             for m in still_open():
-                self._fail(m.trial, m.tracked.run_id, m.key, m.what, str(e))
+                self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, str(e))
         except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then raised
             if isinstance(e, torch.OutOfMemoryError) and len(members) > 1:
                 return self._hand_back(still_open(), len(members))
             for m in still_open():
-                _resumable(m.trial)  # the next attempt continues from the last checkpoint
-                self._fail(m.trial, m.tracked.run_id, m.key, m.what, _reason(e))
+                resumable(m.trial)  # the next attempt continues from the last checkpoint
+                self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, reason(e))
             raise
         return 0
 
@@ -239,8 +233,8 @@ class TrialRunner:
         in populations of at most half the size."""
         self.population = max(1, size // 2)
         for m in members:
-            _resumable(m.trial)
-            self._end(m.trial, m.tracked.run_id, "failed", f"out of memory in a population of {size}; "
+            resumable(m.trial)
+            self.outcomes.end(m.trial, m.tracked.run_id, "failed", f"out of memory in a population of {size}; "
                       f"run again in populations of at most {self.population}")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -248,47 +242,6 @@ class TrialRunner:
             print(f"out of memory training {size} trials together: {len(members)} handed back, to train "
                   f"in populations of at most {self.population}", file=sys.stderr)
         return len(members)
-
-    def _record(self, trial: Any, result: TrainResult) -> None:
-        spec = self.spec
-        for name, value in result.scores.items():  # what tables report: the test slice's scores
-            if name.startswith("test/"):
-                trial.set_user_attr(f"final.{name.removeprefix('test/')}", value)
-        for name, note in result.notes.items():
-            trial.set_user_attr(name, note)
-        for attr, value in (("status", result.status), ("reason", result.reason), ("epochs", result.epochs),
-                            ("g_steps", result.steps), ("images_seen", result.images_seen),
-                            ("wall_time_s", round(result.wall_time_s, 2))):
-            trial.set_user_attr(attr, value)
-        objective = result.scores.get(spec.objective.key)
-        if result.status == "finished" and objective is not None and math.isfinite(objective):
-            self.study.tell(trial, objective)
-        else:  # pruned, diverged, collapsed: a finished point of the grid, with its reason, never re-run
-            self.study.tell(trial, state=TrialState.PRUNED)
-        self._counted()
-
-    def _fail(self, trial: Any, run_id: str, key: tuple, what: str, reason: str) -> None:
-        self.attempts[key] += 1
-        tries = self.attempts[key]
-        self.failed[key] = f"{what} failed {tries} time(s): {reason}"
-        self._end(trial, run_id, "failed", reason)
-
-    def _end(self, trial: Any, run_id: str, status: str, reason: str) -> None:
-        """Record a trial that did not finish. Recording can fail too (a full disk, a server gone); that must
-        not hide why the trial ended, and costs nothing: a trial left RUNNING is found as lost and run again."""
-        from gansweep.tracking import end_run
-
-        try:
-            trial.set_user_attr("status", status)
-            trial.set_user_attr("reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                end_run(self.client, run_id, status, reason)
-            self._counted()
-        except Exception as e:
-            print(f"warning: trial {trial.number} ended ({status}: {reason}) but could not be recorded: "
-                  f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}; it will be run again",
-                  file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -301,27 +254,7 @@ class Member:
     what: str  # how failures name it
     variant: Variant
     tracked: TrackedMember
-    recorded: _Recorded
-
-
-class _Recorded(Hook):
-    """Tells Optuna and the trial how the run ended, the moment it ends: in a population its peers may train
-    on, and whatever befalls them later must not touch a trial already done. An interrupted run is left to the
-    runner, which records the interruption."""
-
-    def __init__(self, runner: TrialRunner, trial: Any):
-        self.runner, self.trial, self.done = runner, trial, False
-
-    def on_end(self, state: TrainState, result: TrainResult) -> None:
-        if result.status == "interrupted":
-            return
-        try:
-            self.runner._record(self.trial, result)
-        except UpdateFinishedTrialError:  # another process ended it, taking this one for dead: the point is theirs
-            print(f"warning: trial {self.trial.number} was ended by another process while this one trained it "
-                  f"(no sign of life from here for {GRACE_S} s: a suspended machine, a store out of reach); "
-                  f"its point is left to the study", file=sys.stderr)
-        self.done = True
+    recorded: Recorded
 
 
 def short_value(value: Any) -> str:
@@ -332,17 +265,3 @@ def short_value(value: Any) -> str:
         mantissa, exponent = f"{value:.2e}".split("e")
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
     return f"{value:.3g}"
-
-
-def _resumable(trial: Any) -> None:
-    """Mark a trial that did not finish as one to continue from its last checkpoint; a store that refuses costs
-    only that: the point starts over."""
-    with contextlib.suppress(Exception):
-        trial.set_user_attr(RESUMABLE_ATTR, True)
-
-
-def _reason(error: BaseException) -> str:
-    """How a trial that an interrupt or an unexpected error ended says why, in one line."""
-    if isinstance(error, KeyboardInterrupt):
-        return str(error) or "interrupted by the user"
-    return f"{type(error).__name__}: {error}".splitlines()[0]

@@ -416,17 +416,17 @@ def test_a_worker_taken_for_dead_gives_its_point_up_and_goes_on(folder, monkeypa
     """Another process fails a trial as lost while this one still trains it (its heartbeat lapsed: a suspended
     machine, a database out of reach). When this one comes to record it, it says so in one line and goes on with
     the study instead of dying; the point runs again, and the study ends whole, with nothing RUNNING."""
-    from gansweep.trials import TrialRunner
+    from gansweep.outcomes import Outcomes
 
     write_study(folder, epochs=2)
-    record = TrialRunner._record
+    record = Outcomes.record
 
     def taken_over_first(self, trial, result):
         if trial.number == 0:  # as another process would: through a storage of its own
             optuna.load_study(study_name="long", storage=resolve_store().optuna()).tell(0, state=TrialState.FAIL)
         return record(self, trial, result)
 
-    monkeypatch.setattr(TrialRunner, "_record", taken_over_first)
+    monkeypatch.setattr(Outcomes, "record", taken_over_first)
     outcome = run_study(load_spec(folder / "studies" / "long.toml"), StudyOptions(device="cpu", progress=False))
     err = capsys.readouterr().err
     assert "trial 0 was ended by another process while this one trained it" in err and "Traceback" not in err
