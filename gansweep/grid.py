@@ -38,6 +38,7 @@ class GridRunner(TrialRunner):
             if not remaining:
                 if limit is None and self.peers.wait_for_others(lambda t: True):
                     continue
+                self.peers.retire_waiting()
                 break
             if self.population > 1:
                 points = self._same_step(remaining, None if limit is None else limit - ran)

@@ -64,6 +64,26 @@ class Peers:
         time.sleep(WAIT_S)
         return True
 
+    def retire_waiting(self) -> None:
+        """End, as duplicates, the enqueued trials no process will ask for. A process enqueues its next work
+        and asks for a trial, and Optuna hands out the oldest enqueued one: two processes asking at once can
+        take each other's, or a third's, and leave one WAITING for ever. Called once nothing is left to hand
+        out; each is first claimed as a process asking would claim it, so none is taken from a process that
+        was just handed it (that process is handed another, or a fresh trial it ends as a duplicate)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        storage = self.liveness.storage
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                if not storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                    continue
+            except UpdateFinishedTrialError:
+                continue
+            storage.set_trial_user_attr(trial._trial_id, "status", "duplicate")
+            storage.set_trial_user_attr(trial._trial_id, "reason", "enqueued, but never asked for: every process "
+                                                                     "had its work by then")
+            self.study.tell(trial.number, state=TrialState.FAIL)
+
     def stand_down_if_taken(self, trial: Any, same: Callable[[Any], bool], what: str) -> bool:
         """Two processes can be handed the same work at once (a grid's last point, a re-run). Each trial, its
         work already recorded, claims it, then reads the others: it stands down as a duplicate if another trial

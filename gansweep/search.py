@@ -46,6 +46,7 @@ class SearchRunner(TrialRunner):
             elif self.peers.wait_for_others(lambda t: True):
                 continue
             else:
+                self.peers.retire_waiting()
                 return ran
 
     def _search_ask(self, variant: str) -> Ask:

@@ -439,3 +439,24 @@ def test_a_worker_taken_for_dead_gives_its_point_up_and_goes_on(folder, monkeypa
     finished = outcome.table[outcome.table["status"] == "finished"]
     assert sorted(finished["run_id"]) == sorted(t.user_attrs["mlflow_run_id"] for t in done)
     nothing_running()
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_an_enqueued_trial_nobody_asked_for_is_ended_once_the_study_is_done(folder, kind):
+    """Processes asking at once can take each other's enqueued trials and leave one WAITING (a point they have
+    all done by then). The process that finds nothing left to hand out ends it as a duplicate: no trial of a
+    done study waits for ever, and its table is the same."""
+    write_study(folder, epochs=1, lr="[2e-4]")
+    storage = f"sqlite:///{folder / 'store' / 'optuna.db'}" if kind == "sqlite" else None
+    options = StudyOptions(device="cpu", progress=False, storage=storage)
+    spec = load_spec(folder / "studies" / "long.toml")
+    first = run_study(spec, options)
+    shared = optuna.load_study(study_name="long", storage=resolve_store(storage=storage).optuna())
+    shared.enqueue_trial({"variant": "gan", "lr": 2e-4}, user_attrs={"seed": 0})  # as a lost race leaves one
+    assert [t.state for t in shared.trials] == [TrialState.COMPLETE, TrialState.WAITING]
+
+    again = run_study(spec, options)
+    trials = optuna.load_study(study_name="long", storage=resolve_store(storage=storage).optuna()).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["status"] == "duplicate" and "never asked for" in trials[1].user_attrs["reason"]
+    assert again.ran == 0 and again.table.equals(first.table)
