@@ -63,19 +63,22 @@ def record_summary(client: Any, parent_id: str, study: Any, spec: StudySpec, tab
         return
     varied = [name for name in spec.space if name in table and table[name].nunique(dropna=True) > 1]
     axis = next((name for name in varied if name in LOG_AXES), varied[0] if varied else None)
+    # a resumed trial continues its stopped trial's run: the sheet shows the run once, under its last trial,
+    # which the table lists first (finished rows before unfinished ones)
+    runs = table.dropna(subset=["run_id"]).drop_duplicates("run_id")
     with tempfile.TemporaryDirectory(prefix="gansweep-summary-") as folder:
         out = Path(folder)
         sensitivity(table, axis, metric, colors(sorted(table["variant"].dropna().unique())),
                     out / "sensitivity.png")
         finals = {}
         with _no_download_bars():
-            for run_id in table["run_id"].dropna():
+            for run_id in runs["run_id"]:
                 grids = sorted(a.path for a in client.list_artifacts(run_id, "samples") if a.path.endswith(".png"))
                 if grids:
                     (out / run_id).mkdir()
                     finals[run_id] = Path(client.download_artifacts(run_id, grids[-1], str(out / run_id)))
         if finals:
-            contact_sheet(table, finals, axis, metric, out / "contact_sheet.png")
+            contact_sheet(runs, finals, axis, metric, out / "contact_sheet.png")
         for name in ("sensitivity.png", "contact_sheet.png"):
             if (out / name).exists():
                 client.log_artifact(parent_id, str(out / name), "summary")

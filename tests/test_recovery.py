@@ -430,6 +430,9 @@ def test_a_worker_taken_for_dead_gives_its_point_up_and_goes_on(folder, monkeypa
     outcome = run_study(load_spec(folder / "studies" / "long.toml"), StudyOptions(device="cpu", progress=False))
     err = capsys.readouterr().err
     assert "trial 0 was ended by another process while this one trained it" in err and "Traceback" not in err
+    assert "summary could not be logged" not in err  # two rows of one run (stopped, then resumed): one sheet entry
+    summary = {a.path for a in client().list_artifacts(outcome.parent_run_id, "summary")}
+    assert summary == {"summary/trials.csv", "summary/sensitivity.png", "summary/contact_sheet.png"}
     trials = study().trials
     assert trials[0].state == TrialState.FAIL and "status" not in trials[0].user_attrs  # lost, not recorded here
     done = [t for t in trials if t.state == TrialState.COMPLETE]
