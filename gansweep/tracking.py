@@ -8,7 +8,9 @@ can hold its parent run open while each trial's child run starts and ends.
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -55,9 +57,26 @@ def client_for(uri: str, create: bool = True) -> MlflowClient:
     if not create:
         return MlflowClient(tracking_uri=uri)
     with store_lock(uri):
+        if uri.startswith("sqlite:///"):
+            _create_whole(Path(uri.removeprefix("sqlite:///")))
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)  # the tables exist once this returns
         return client
+
+
+def _create_whole(database: Path) -> None:
+    """A new sqlite store's tables, made in a file beside it that takes the store's name only when whole: a
+    process stopped while MLflow builds them (its migrations run for a second or two) leaves no half-built store,
+    which every later command would fail on, only a stray file the next attempt replaces."""
+    if database.exists():
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    for stray in database.parent.glob(f"{database.name}.creating-*"):  # under the store's lock: none is in use
+        stray.unlink(missing_ok=True)
+    # a name of its own: MLflow keeps a store per URI for the process's life
+    partial = database.with_name(f"{database.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
+    os.replace(partial, database)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

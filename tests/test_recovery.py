@@ -463,3 +463,23 @@ def test_an_enqueued_trial_nobody_asked_for_is_ended_once_the_study_is_done(fold
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs["status"] == "duplicate" and "never asked for" in trials[1].user_attrs["reason"]
     assert again.ran == 0 and again.table.equals(first.table)
+
+
+def test_a_process_stopped_while_it_creates_a_new_store_leaves_no_broken_one(tmp_path):
+    """MLflow builds a new sqlite store's tables in two goes (create, then migrate) over a second or two. A process
+    that dies in between leaves no half-built store that every later command fails on: the next one starts as
+    on an empty folder."""
+    store = tmp_path / "store"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    code = ("import os, mlflow.store.db.utils as u\n"
+            "u._upgrade_db = lambda engine: os._exit(9)  # dies between creating the tables and migrating them\n"
+            f"from gansweep.tracking import client_for; client_for({uri!r})\n")
+    died = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert died.returncode == 9, died.stderr
+    assert not (store / "mlflow.db").exists()
+
+    client = client_for(uri)
+    run = client.create_run(client.create_experiment("after")).info.run_id
+    client.log_metric(run, "m", 1.0)
+    assert MlflowClient(uri).get_run(run).data.metrics == {"m": 1.0}
+    assert sorted(p.name for p in store.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
