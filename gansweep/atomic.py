@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gansweep.errors import GansweepError
 
-__all__ = ["atomic_path", "refuse_existing", "uninterrupted"]
+__all__ = ["atomic_path", "refuse_existing", "refuse_file_in_path", "uninterrupted"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -59,6 +59,15 @@ def uninterrupted() -> Iterator[None]:
 
 
 def refuse_existing(path: Path) -> None:
-    """Outputs a user names with -o are new files: nothing a user stored is overwritten."""
+    """Outputs a user names with -o are new files, in a folder that is one or can be made: nothing a user stored
+    is overwritten."""
     if path.exists():
         raise GansweepError(f"{path} exists; choose another path with -o (nothing is overwritten)")
+    refuse_file_in_path(path)
+
+
+def refuse_file_in_path(path: Path) -> None:
+    """Refused before anything is made: a path whose folders would have to go where a file is."""
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise GansweepError(f"{path}: {above} is a file, not a folder; choose another path with -o")

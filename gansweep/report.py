@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gansweep.atomic import refuse_file_in_path
 from gansweep.errors import GansweepError
 from gansweep.store import Store
 from gansweep.tracking import slug as _slug
@@ -42,6 +43,7 @@ def _new_directory(out: Path | None, study: str, store: Store) -> Path:
         out = store.reports / f"{_slug(study)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         raise GansweepError(f"{out} is a file; choose a folder with -o (nothing is overwritten)")
+    refuse_file_in_path(out)
     if out.exists() and any(out.iterdir()):
         raise GansweepError(f"{out} is not empty; choose another folder with -o (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)

@@ -260,6 +260,10 @@ READ_BAD = [
     ["sample", "0", "--n", "4"], ["sample", "-1"], ["sample", "x" * 100], ["report", "nope"], ["report", "it's"],
     ["ui", "--port", "0"], ["ui", "--port", "-1"], ["ui", "--port", "x"], ["ui", "--port", "70000"],
     ["ui", "--workers", "0"], ["sample", "tiny", "--best", "--store", ""],
+    # -o inside a file (the study file): its folders could not be made
+    ["export", "--study", "tiny", "-o", "studies/tiny.toml/x.csv"],
+    ["sample", "{run}", "-o", "studies/tiny.toml/x.png"],
+    ["interpolate", "{run}", "-o", "studies/tiny.toml/x.png"], ["report", "tiny", "-o", "studies/tiny.toml/sub"],
 ]
 
 
