@@ -90,7 +90,7 @@ class Recorded(Hook):
             return
         try:
             self.outcomes.record(self.trial, result)
-        except UpdateFinishedTrialError:  # another process ended it, taking this one for dead: the point is theirs
+        except UpdateFinishedTrialError:  # another process ended it, taking this one for dead: its point runs again
             print(f"warning: trial {self.trial.number} was ended by another process while this one trained it "
                   f"(no sign of life from here for {GRACE_S} s: a suspended machine, a store out of reach); "
                   f"its point is left to the study", file=sys.stderr)
