@@ -148,7 +148,10 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     if not spread.empty:
         click.echo(f"\n{outcome.spec.objective.metric} of each variant's best parameters, re-run per seed:")
         click.echo(spread.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
-    click.echo(f"\nstudy {outcome.optuna_study}: {outcome.ran} trial(s) run now, {len(outcome.table)} in all")
+    again = outcome.table.attrs.get("replaced", 0)
+    click.echo(f"\nstudy {outcome.optuna_study}: {outcome.ran} trial(s) run now, {len(outcome.table)} in all"
+               + (f"; the table leaves out {again} earlier attempt(s) that stopped early and were run again"
+                  if again else ""))
     click.echo(f"MLflow: {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     click.echo(f"Optuna: {outcome.storage}")
     url = experiment_url("127.0.0.1", 5000, outcome.experiment_id, view_key(outcome.spec.name))
@@ -236,6 +239,9 @@ def export(study: str | None, experiment: str | None, fmt: str, out: Path | None
     by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
     table = export_table(reading(store, tracking_uri).tracking_uri, study, experiment, names, by, mixed_scoring,
                          sort)
+    if table.attrs["replaced"]:
+        click.echo(f"note: {table.attrs['replaced']} run(s) that stopped early and whose point was run again are "
+                   f"left out; each point shows its latest run", err=True)
     if columns is not None:
         table = pick_columns(table, [c.strip() for c in columns.split(",") if c.strip()])
     elif fmt in ("md", "latex"):

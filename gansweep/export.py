@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
+from gansweep.attempts import replaced
 from gansweep.errors import ConfigError, GansweepError
 from gansweep.scores import SCORES
 
-__all__ = ["FORMATS", "DEFAULT_METRICS", "STATUS_LABELS", "find_runs", "study_objective", "best_row",
+__all__ = ["FORMATS", "DEFAULT_METRICS", "STATUS_LABELS", "FoundRuns", "find_runs", "study_objective", "best_row",
            "comparison_table", "group_table", "sort_table", "short_columns", "pick_columns", "render",
            "export_table"]
 
@@ -26,11 +27,18 @@ STATUS_LABELS = {"collapsed": "mode collapse"}  # how a gansweep.status reads in
 _SIGNIFICANT = 4  # digits of the numbers in md, latex and html tables; csv and json keep full precision
 
 
-def find_runs(client: Any, study: str | None = None, experiment: str | None = None) -> tuple[list[Any], Any]:
+class FoundRuns(NamedTuple):
+    runs: list[Any]  # each point's latest attempt (see attempts.py)
+    parent: Any  # the study's parent run, or None for an experiment
+    replaced: int  # earlier attempts of points that were run again, left out of `runs`
+
+
+def find_runs(client: Any, study: str | None = None, experiment: str | None = None) -> FoundRuns:
     """The trial runs of the study's latest parent run (the one `gansweep study NAME` continues), or every run
-    of an experiment but study parents. Returns (runs, parent run or None)."""
+    of an experiment but study parents; of a study's point, only its latest attempt."""
     if (study is None) == (experiment is None):
         raise ConfigError("give exactly one of --study NAME or --experiment NAME")
+    parent = None
     if study is not None:
         from gansweep.tracking import study_parents
 
@@ -41,13 +49,27 @@ def find_runs(client: Any, study: str | None = None, experiment: str | None = No
         runs = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
                                   max_results=50000)
-        return runs, parent
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        known = ", ".join(e.name for e in client.search_experiments()) or "none"
-        raise GansweepError(f"no experiment {experiment!r} in {client.tracking_uri} (known: {known})")
-    runs = client.search_runs([found.experiment_id], max_results=50000)
-    return [r for r in runs if r.data.tags.get("gansweep.role") != "parent"], None
+    else:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            known = ", ".join(e.name for e in client.search_experiments()) or "none"
+            raise GansweepError(f"no experiment {experiment!r} in {client.tracking_uri} (known: {known})")
+        runs = [r for r in client.search_runs([found.experiment_id], max_results=50000)
+                if r.data.tags.get("gansweep.role") != "parent"]
+    gone = replaced([(_point(run), _trial(run), run.data.tags.get("gansweep.status")) for run in runs])
+    return FoundRuns([run for i, run in enumerate(runs) if i not in gone], parent, len(gone))
+
+
+def _trial(run: Any) -> int | None:
+    trial = run.data.tags.get("gansweep.trial")
+    return int(trial) if trial is not None else None
+
+
+def _point(run: Any) -> tuple[Any, ...]:
+    """What a study's trial trained: its study, variant, seed and swept values."""
+    tags = run.data.tags
+    return (tags.get("gansweep.optuna_study"), tags.get("gansweep.variant"), tags.get("gansweep.seed"),
+            tuple(sorted((k, v) for k, v in run.data.params.items() if k.startswith("swept."))))
 
 
 def study_objective(parent: Any) -> tuple[str, str]:
@@ -179,7 +201,9 @@ def short_columns(table: pd.DataFrame) -> list[str]:
     """The columns a table on a page keeps: who the run is, what was swept, each score's final value, how it
     ended; the best-epoch columns, costs and notes are left to csv, json and --columns."""
     swept = table.attrs.get("swept", [])
-    keep = ["trial", "variant", *swept, "seed", *(s for s in SCORES if s in table), "status", "epochs", "run_id"]
+    # a grouped table has no score's own column; its kid_proxy_std is the spread of kid_proxy, not that score
+    scores = [s for s in SCORES if s in table and "n" not in table]
+    keep = ["trial", "variant", *swept, "seed", *scores, "status", "epochs", "run_id"]
     grouped = [c for c in table.columns if c == "n" or c == "not_finished" or c.endswith(("_mean", "_std"))
                or "n" in table and c.endswith("_se")]
     return [c for c in dict.fromkeys(keep + grouped) if c in table]
@@ -255,28 +279,25 @@ def export_table(tracking_uri: str, study: str | None = None, experiment: str | 
                  mixed_scoring: bool = False, sort: str | None = None) -> pd.DataFrame:
     """The table of a study or an experiment, sorted by `sort` (default: the study's objective, or the first of
     `metrics` present, best first); refused when its runs were scored in different ways (see scoring.py), unless
-    `mixed_scoring`."""
+    `mixed_scoring`. `attrs["replaced"]`: how many earlier attempts of points run again it leaves out."""
     from gansweep.scoring import require_one_scoring
     from gansweep.tracking import client_for
 
     client = client_for(tracking_uri, create=False)
-    runs, parent = find_runs(client, study, experiment)
+    runs, parent, again = find_runs(client, study, experiment)
     require_one_scoring(runs, mixed_scoring)
     table = comparison_table(client, runs, metrics)
     if table.empty:
         raise GansweepError("no runs to export yet")
+    swept = table.attrs.get("swept", [])
     if group_by:
-        swept = table.attrs.get("swept", [])
         table = group_table(table, group_by, metrics)
-        table.attrs["swept"] = [c for c in swept if c in table]
     if sort is None:
         objective = study_objective(parent)[0] if parent is not None else None
         present = [m for m in ([objective] if objective else []) + list(metrics)
                    if (f"{m}_mean" if group_by else m) in table]
-        if not present:
-            return table
-        sort = f"{present[0]}_mean" if group_by else present[0]
-    swept = table.attrs.get("swept", [])
-    table = sort_table(table, sort)
-    table.attrs["swept"] = swept
+        sort = (f"{present[0]}_mean" if group_by else present[0]) if present else None
+    if sort is not None:
+        table = sort_table(table, sort)
+    table.attrs.update(swept=[c for c in swept if c in table], replaced=again)
     return table

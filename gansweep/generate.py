@@ -87,7 +87,7 @@ def best_run(tracking_uri: str, study: str) -> str:
     from gansweep.tracking import client_for
 
     client = client_for(tracking_uri, create=False)
-    runs, parent = find_runs(client, study=study)
+    runs, parent, _ = find_runs(client, study=study)
     metric, direction = study_objective(parent)
     table = comparison_table(client, runs, [metric], chosen_by=metric)
     if table.empty or metric not in table or table[metric].isna().all():

@@ -100,7 +100,7 @@ def write_report(store: Store, study: str, out: Path | None = None, mixed_scorin
     from gansweep.tracking import client_for
 
     client = client_for(store.tracking_uri, create=False)
-    runs, parent = find_runs(client, study=study)
+    runs, parent, _ = find_runs(client, study=study)
     require_one_scoring(runs, mixed_scoring)
     metric, direction = study_objective(parent)
     table = comparison_table(client, runs, list(dict.fromkeys([metric, *DEFAULT_METRICS])), chosen_by=metric)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gansweep.attempts import replaced
+from gansweep.liveness import is_lost
 from gansweep.spec import StudySpec
 
 __all__ = ["ranked_table", "seed_spread", "format_table", "TABLE_SCORES"]
@@ -13,11 +15,14 @@ TABLE_SCORES = ("fid_proxy", "kid_proxy", "is_proxy", "coverage", "precision", "
 
 
 def ranked_table(study: Any, spec: StudySpec) -> Any:
-    """One row per trial of the study (duplicates left out), best objective first, unfinished last. Trials are
-    ranked by the objective on the validation slice (`NAME_val`, the trial's value in Optuna); every score shown
-    under its own name is the test slice's."""
+    """One row per point of the study: its latest trial (duplicates and attempts run again left out, counted in
+    `attrs["replaced"]`), best objective first, unfinished last. Trials are ranked by the objective on the
+    validation slice (`NAME_val`, the trial's value in Optuna); every score shown under its own name is the test
+    slice's."""
     import pandas as pd
 
+    metric = spec.objective.metric
+    scores = [metric, *(n for n in TABLE_SCORES if n != metric)]
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("status") == "duplicate" or t.state.name in ("RUNNING", "WAITING"):
@@ -25,22 +30,29 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
         row = {"trial": t.number, "variant": t.params.get("variant"),
                "seed": t.params.get("seed", t.user_attrs.get("seed"))}
         row.update({k: v for k, v in t.params.items() if k not in ("variant", "seed")})
-        row[f"{spec.objective.metric}_val"] = t.value
-        for name in (spec.objective.metric, *(n for n in TABLE_SCORES if n != spec.objective.metric)):
-            if f"final.{name}" in t.user_attrs:
-                row[name] = t.user_attrs[f"final.{name}"]
+        row[f"{metric}_val"] = t.value
+        row.update({name: t.user_attrs[f"final.{name}"] for name in scores if f"final.{name}" in t.user_attrs})
         if "phase" in t.user_attrs and spec.best_seeds:
             row["phase"] = t.user_attrs["phase"]
-        row["status"] = t.user_attrs.get("status", t.state.name.lower())
+        row["status"] = t.user_attrs.get("status") or ("lost" if is_lost(t) else t.state.name.lower())
         row["epochs"] = t.user_attrs.get("epochs")
         row["wall_s"] = t.user_attrs.get("wall_time_s")
         row["run_id"] = t.user_attrs.get("mlflow_run_id")
         rows.append(row)
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    return table.sort_values(f"{spec.objective.metric}_val", ascending=spec.objective.direction == "minimize",
-                             na_position="last", kind="stable").reset_index(drop=True)
+    points = [tuple(sorted((k, v) for k, v in row.items() if k == "seed" or k == "variant" or k in spec.space))
+              + (row.get("phase"),) for row in rows]
+    gone = replaced([(point, row["trial"], row["status"]) for point, row in zip(points, rows)])
+    # the same columns in the same order whichever trial comes first: one that stopped early has no scores
+    head = ["trial", "variant", "seed", *spec.space]
+    tail = [f"{metric}_val", *scores, "phase", "status", "epochs", "wall_s", "run_id"]
+    table = pd.DataFrame([row for i, row in enumerate(rows) if i not in gone])
+    table = table[[c for c in head if c in table] + [c for c in table if c not in head + tail]
+                  + [c for c in tail if c in table]]
+    if not table.empty:
+        table = table.sort_values(f"{metric}_val", ascending=spec.objective.direction == "minimize",
+                                  na_position="last", kind="stable").reset_index(drop=True)
+    table.attrs["replaced"] = len(gone)
+    return table
 
 
 def seed_spread(table: Any, spec: StudySpec) -> Any:

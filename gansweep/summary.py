@@ -18,13 +18,10 @@ from typing import Any
 from mlflow.entities import Metric
 from optuna.trial import TrialState
 
+from gansweep.attempts import ENDINGS, RUN_AGAIN
 from gansweep.spec import StudySpec
 
-__all__ = ["record_counts", "record_summary", "ENDINGS"]
-
-# How a trial can end, each counted as the parent's metric trials/NAME.
-ENDINGS = ("finished", "pruned", "diverged", "collapsed", "failed", "interrupted", "lost")
-DONE = ENDINGS[:4]  # the others are run again
+__all__ = ["record_counts", "record_summary"]
 
 
 def record_counts(client: Any, parent_id: str, study: Any, spec: StudySpec) -> tuple[int, tuple[int, float] | None]:
@@ -47,7 +44,7 @@ def record_counts(client: Any, parent_id: str, study: Any, spec: StudySpec) -> t
         metrics += [Metric(f"best/{spec.objective.key}", top.value, now, step),
                     Metric("best/trial", top.number, now, step)]
     client.log_batch(parent_id, metrics=metrics)
-    return sum(counts[name] for name in DONE), best
+    return sum(counts[name] for name in ENDINGS if name not in RUN_AGAIN), best
 
 
 def record_summary(client: Any, parent_id: str, study: Any, spec: StudySpec, table: Any) -> None:
@@ -63,9 +60,7 @@ def record_summary(client: Any, parent_id: str, study: Any, spec: StudySpec, tab
         return
     varied = [name for name in spec.space if name in table and table[name].nunique(dropna=True) > 1]
     axis = next((name for name in varied if name in LOG_AXES), varied[0] if varied else None)
-    # a resumed trial continues its stopped trial's run: the sheet shows the run once, under its last trial,
-    # which the table lists first (finished rows before unfinished ones)
-    runs = table.dropna(subset=["run_id"]).drop_duplicates("run_id")
+    runs = table.dropna(subset=["run_id"])
     with tempfile.TemporaryDirectory(prefix="gansweep-summary-") as folder:
         out = Path(folder)
         sensitivity(table, axis, metric, colors(sorted(table["variant"].dropna().unique())),

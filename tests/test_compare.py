@@ -70,7 +70,7 @@ def test_export_round_trips_against_mlflow(in_store):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     client = MlflowClient(resolve_store().tracking_uri)
-    runs, parent = find_runs(client, study="small")
+    runs, parent, _ = find_runs(client, study="small")
     assert len(rows) == 4 and {r["run_id"] for r in rows} == {r.info.run_id for r in runs}
     for row in rows:
         run = client.get_run(row["run_id"])
@@ -159,6 +159,39 @@ def test_grouped_export_on_a_hand_made_store(tmp_path):
         "variant,lr,n,not_finished,fid_proxy_n,fid_proxy_mean,fid_proxy_std,fid_proxy_se"
     assert result.output.splitlines()[1].startswith("a,0.1,2,2,2,2.0,1.414")  # sorted by the mean, best first
     assert [line.split(",")[3 + 2] for line in result.output.splitlines()[1:]] == ["2.0", "5.0", "10.0"]
+
+
+def test_a_point_run_again_shows_only_its_latest_run(tmp_path):
+    """Hand-made trial runs: lr 0.1 interrupted as trial 0, then finished as trial 2 in a new run; lr 0.2 lost
+    as trial 1 and not yet run again; lr 0.3 finished as trial 3; lr 0.1 of another study interrupted as trial 1.
+    The table leaves out trial 0 alone, and says so; the run stays in MLflow."""
+    uri = f"sqlite:///{tmp_path}/hand.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("hand")
+    made = {}
+    for study, trial, lr, status in [("s", 0, 0.1, "interrupted"), ("s", 1, 0.2, "lost"), ("s", 2, 0.1, "finished"),
+                                     ("s", 3, 0.3, "finished"), ("other", 1, 0.1, "interrupted")]:
+        run = client.create_run(experiment)
+        client.log_batch(run.info.run_id, metrics=[Metric(f"{s}/fid_proxy", 10 * lr, 0, 1) for s in ("score", "test")],
+                         params=[Param("swept.lr", str(lr))],
+                         tags=[RunTag(k, v) for k, v in (("gansweep.optuna_study", study), ("gansweep.trial", str(trial)),
+                                                          ("gansweep.variant", "gan"), ("gansweep.seed", "0"),
+                                                          ("gansweep.status", status))])
+        made[study, trial] = run.info.run_id
+    found = find_runs(client, experiment="hand")
+    assert found.replaced == 1
+    assert sorted(r.info.run_id for r in found.runs) == sorted(v for k, v in made.items() if k != ("s", 0))
+    assert client.get_run(made["s", 0]).info.status == "RUNNING"  # as it was made: nothing changed in the store
+    table = comparison_table(client, found.runs, ["fid_proxy"])
+    assert sorted(zip(table["trial"], table["lr"], table["status"])) == [
+        (1, 0.1, "interrupted"), (1, 0.2, "lost"), (2, 0.1, "finished"), (3, 0.3, "finished")]
+    result = invoke("export", "--experiment", "hand", "--group-by", "lr", "--metrics", "fid_proxy",
+                    "--format", "csv", "--tracking-uri", uri)
+    assert result.exit_code == 0, result.output
+    assert "1 run(s) that stopped early and whose point was run again are left out" in result.stderr
+    rows = [line.split(",") for line in result.stdout.splitlines()]
+    assert rows[0][:3] == ["lr", "n", "not_finished"]
+    assert {(r[0], r[1], r[2]) for r in rows[1:]} == {("0.1", "2", "1"), ("0.2", "1", "1"), ("0.3", "1", "0")}
 
 
 def test_the_best_epoch_is_chosen_on_validation_and_its_test_score_reported(tmp_path):
@@ -320,7 +353,7 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store, tmp_path):
 
         _wait_for(up, timeout=120)
         client = MlflowClient(resolve_store().tracking_uri)
-        runs, parent = find_runs(client, study="small")
+        runs, parent, _ = find_runs(client, study="small")
         experiment = parent.info.experiment_id
         # the link a study prints: sorted by the objective, best first, with the objective and the swept value
         # as columns, each run showing its score
@@ -427,7 +460,7 @@ def test_a_run_logs_what_it_used_and_the_study_its_constants_once(in_store):
     from gansweep.data import load_dataset
 
     client = MlflowClient(resolve_store().tracking_uri)
-    runs, parent = find_runs(client, study="small")
+    runs, parent, _ = find_runs(client, study="small")
     record = load_dataset(DataConfig(dataset="mnist-5k")).record
     for run in runs:
         params = run.data.params
@@ -486,7 +519,7 @@ def test_scores_are_bit_identical_across_thread_counts(in_store):
 
 def test_the_study_pins_its_scoring_on_the_parent_and_refuses_another_n(in_store, tmp_path):
     client = MlflowClient(resolve_store().tracking_uri)
-    runs, parent = find_runs(client, study="small")
+    runs, parent, _ = find_runs(client, study="small")
     pinned = {k: parent.data.params[k] for k in ("feature_net.checksum", "eval.n")}
     assert pinned["eval.n"] == "200"
     assert all({k: r.data.params[k] for k in pinned} == pinned for r in runs)

@@ -17,6 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from gansweep.export import export_table
+from gansweep.population import Population
 from gansweep.spec import load_spec
 from gansweep.store import resolve_store
 from gansweep.study import StudyOptions, run_study
@@ -155,7 +157,7 @@ def test_a_killed_worker_s_point_runs_again_from_its_checkpoint_into_the_same_ru
     process = start(folder)
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
-    assert "1 trial(s) run now" in out  # exactly the killed point
+    assert "1 trial(s) run now, 2 in all; the table leaves out 1 earlier attempt(s)" in out  # the killed point
     assert not left_behind(folder / "tmp")  # the killed process's temporary folder is gone too
     trials = study().trials
     lost = trials[killed.number]
@@ -201,6 +203,41 @@ def test_ctrl_c_then_the_same_command_resumes_and_equals_a_run_never_stopped(fol
         assert got[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-6), name
     artifacts = {a.path for a in client().list_artifacts(stopped.user_attrs["mlflow_run_id"], "samples")}
     assert {f"samples/epoch_{e:03d}.png" for e in range(1, 13)} | {"samples/grids.gif"} == artifacts
+
+
+def test_a_point_stopped_before_its_first_checkpoint_starts_over_and_counts_once(folder, monkeypatch):
+    """Trial 0 is interrupted at its first step, so it leaves no checkpoint; the next invocation starts its point
+    over in a new run. Every table shows each point once, by its latest trial, and says it left one out; the
+    stopped run stays in MLflow as it ended."""
+    spec = load_spec(write_study(folder, epochs=1))
+    step = Population.step
+
+    def interrupted_once(self: Population, *args: object) -> object:
+        monkeypatch.setattr(Population, "step", step)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Population, "step", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, StudyOptions(device="cpu", progress=False))
+    (stopped,) = study().trials
+    assert stopped.user_attrs["status"] == "interrupted"
+
+    outcome = run_study(spec, StudyOptions(device="cpu", progress=False))
+    trials = study().trials
+    assert len(trials) == 3 and outcome.table.attrs["replaced"] == 1
+    assert sorted(zip(outcome.table["lr"], outcome.table["status"])) == [(2e-4, "finished"), (1e-3, "finished")]
+    assert stopped.number not in set(outcome.table["trial"])
+    stopped_run = client().get_run(stopped.user_attrs["mlflow_run_id"])
+    assert stopped_run.info.status == "KILLED" and stopped_run.data.tags["gansweep.status"] == "interrupted"
+    assert len(child_runs()) == 3
+
+    exported = export_table(resolve_store().tracking_uri, study="long", group_by=("lr",))
+    assert exported.attrs["replaced"] == 1
+    assert sorted(zip(exported["lr"], exported["n"], exported["not_finished"])) == [(2e-4, 1, 0), (1e-3, 1, 0)]
+    process = subprocess.run([str(GANSWEEP), "study", "long", "--device", "cpu"], cwd=folder, text=True,
+                             capture_output=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    assert "0 trial(s) run now, 2 in all; the table leaves out 1 earlier attempt(s)" in process.stdout
 
 
 def test_sigterm_records_the_trial_and_leaves_nothing_running(folder):
