@@ -6,6 +6,7 @@ beside the store, so a table is always what the store holds now.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Sequence
@@ -40,11 +41,15 @@ def find_runs(client: Any, study: str | None = None, experiment: str | None = No
         raise ConfigError("give exactly one of --study NAME or --experiment NAME")
     parent = None
     if study is not None:
-        from gansweep.tracking import study_parents
+        from gansweep.tracking import study_names, study_parents
 
         parents = study_parents(client, study)
         if not parents:
-            raise GansweepError(f"no study {study!r} in {client.tracking_uri}; run `gansweep study {study}` first")
+            names = study_names(client)
+            close = difflib.get_close_matches(study, names, n=1, cutoff=0.5)
+            raise GansweepError(f"no study {study!r} in {client.tracking_uri}; "
+                                + (f"did you mean {close[0]!r}?" if close else
+                                   f"it holds {', '.join(names)}" if names else f"run `gansweep study {study}` first"))
         parent = parents[0]
         runs = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",

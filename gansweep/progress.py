@@ -81,10 +81,16 @@ class StudyProgress:
         self.name, self.total, self.metric = name, total, metric
         self.stream = stream or sys.stderr
         self.start_ended, self.started = ended, time.monotonic()
+        self.said: tuple[int, tuple[int, float] | None] | None = None
         self.bar = tqdm(total=total, initial=ended, desc=f"study {name}", unit="trial", file=self.stream,
                         dynamic_ncols=True) if self.stream.isatty() else None
 
     def trial_ended(self, ended: int, best: tuple[int, float] | None) -> None:
+        """`ended` trials are done (a trial interrupted or lost is not: its point runs again); a line says so
+        when that or the best has changed since the last."""
+        if (ended, best) == self.said:
+            return
+        self.said = (ended, best)
         best_text = "" if best is None else f"best {self.metric} {best[1]:.4g} (trial {best[0]})"
         if self.bar is not None:
             self.bar.update(ended - self.bar.n)

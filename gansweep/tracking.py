@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 import gansweep
 from gansweep.store import store_lock
 
-__all__ = ["slug", "client_for", "experiment_id", "study_parents", "RUN_STATUS", "end_run", "git_commit",
+__all__ = ["slug", "client_for", "experiment_id", "study_parents", "study_names", "RUN_STATUS", "end_run", "git_commit",
            "checksum_tag", "upload_tag", "full_run_id", "run_tags", "write_later", "written"]
 
 # How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
@@ -101,12 +101,20 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 def study_parents(client: MlflowClient, name: str) -> list[Any]:
     """The parent runs of the study `name` in every experiment of the store, newest first. Matched here rather
     than in a filter string, so a study name may hold any character."""
+    return [r for r in _parents(client) if r.data.tags.get("gansweep.study") == name]
+
+
+def study_names(client: MlflowClient) -> list[str]:
+    """The studies the store holds, by name."""
+    return sorted({r.data.tags["gansweep.study"] for r in _parents(client) if "gansweep.study" in r.data.tags})
+
+
+def _parents(client: MlflowClient) -> list[Any]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []
-    runs = client.search_runs(experiments, filter_string="tags.`gansweep.role` = 'parent'",
+    return client.search_runs(experiments, filter_string="tags.`gansweep.role` = 'parent'",
                               order_by=["attributes.start_time DESC"], max_results=50000)
-    return [r for r in runs if r.data.tags.get("gansweep.study") == name]
 
 
 def full_run_id(client: MlflowClient, ref: str) -> str:

@@ -172,11 +172,12 @@ def test_a_point_run_again_shows_only_its_latest_run(tmp_path):
     for study, trial, lr, status in [("s", 0, 0.1, "interrupted"), ("s", 1, 0.2, "lost"), ("s", 2, 0.1, "finished"),
                                      ("s", 3, 0.3, "finished"), ("other", 1, 0.1, "interrupted")]:
         run = client.create_run(experiment)
-        client.log_batch(run.info.run_id, metrics=[Metric(f"{s}/fid_proxy", 10 * lr, 0, 1) for s in ("score", "test")],
+        client.log_batch(run.info.run_id,
+                         metrics=[Metric(f"{s}/fid_proxy", 10 * lr, 0, 1) for s in ("score", "test")],
                          params=[Param("swept.lr", str(lr))],
-                         tags=[RunTag(k, v) for k, v in (("gansweep.optuna_study", study), ("gansweep.trial", str(trial)),
-                                                          ("gansweep.variant", "gan"), ("gansweep.seed", "0"),
-                                                          ("gansweep.status", status))])
+                         tags=[RunTag(k, v) for k, v in (
+                             ("gansweep.optuna_study", study), ("gansweep.trial", str(trial)),
+                             ("gansweep.variant", "gan"), ("gansweep.seed", "0"), ("gansweep.status", status))])
         made[study, trial] = run.info.run_id
     found = find_runs(client, experiment="hand")
     assert found.replaced == 1
@@ -208,7 +209,8 @@ def test_the_best_epoch_is_chosen_on_validation_and_its_test_score_reported(tmp_
 
 
 def test_export_refuses_bad_input_in_one_line(in_store):
-    for args, message in [(["--study", "nope"], "no study 'nope'"), ([], "exactly one of"),
+    for args, message in [(["--study", "nope"], "no study 'nope'"), (["--study", "smal"], "did you mean 'small'?"),
+                          (["--study", "zzzz"], "it holds small"), ([], "exactly one of"),
                           (["--study", "small", "--group-by", "colour"], "cannot group by colour"),
                           (["--study", "small", "--metrics", "fid"], "unknown score 'fid'")]:
         result = invoke("export", *args)

@@ -7,7 +7,7 @@ import re
 
 import optuna
 
-from gansweep.progress import ProgressHook
+from gansweep.progress import ProgressHook, StudyProgress
 from gansweep.spec import load_spec
 from gansweep.store import resolve_store
 from gansweep.study import StudyOptions, run_study
@@ -54,3 +54,15 @@ def test_on_a_terminal_a_run_shows_a_bar_of_images_against_its_budget(tiny_data)
     assert f"/{budget}" in out.replace(",", "") and "img/s" in out and "gan #000" in out
     assert "\r" in out  # redrawn in place
     assert out.rstrip().endswith(f"finished: completed 3 epochs ({result.steps} G steps, {result.wall_time_s:.1f} s)")
+
+
+def test_trials_that_end_without_a_result_do_not_repeat_the_study_s_line():
+    """Two members of a population interrupted together: neither is done, so the count and best stand; one line
+    says so, not two. A later change gets its own line."""
+    stream = io.StringIO()
+    shown = StudyProgress("s", total=8, ended=2, metric="fid_proxy", stream=stream)
+    for ended, best in [(2, (1, 40.0)), (2, (1, 40.0)), (3, (1, 40.0)), (3, (4, 30.0))]:
+        shown.trial_ended(ended, best)
+    assert [line.split(";")[0].split(",")[0] for line in stream.getvalue().splitlines()] == [
+        "study s: 2/8 trials ended", "study s: 3/8 trials ended", "study s: 3/8 trials ended"]
+    assert stream.getvalue().splitlines()[-1].endswith("best fid_proxy 30 (trial 4)")
