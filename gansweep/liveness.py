@@ -73,6 +73,11 @@ class Liveness:
             finally:
                 path.unlink(missing_ok=True)
 
+    @property
+    def noticed(self) -> str:
+        """How soon a trial whose process died is found, in words."""
+        return "at once" if self.leases is not None else f"{GRACE_S} s after its last heartbeat"
+
     def fail_dead(self, study: optuna.Study) -> None:
         """Fail every RUNNING trial of `study` whose process is gone (see the module's docstring)."""
         now = datetime.datetime.now()

@@ -59,7 +59,7 @@ class Peers:
             return False
         if self.progress and not self.waiting:
             print(f"waiting for {len(running)} trial(s) running in other processes, to take over any whose "
-                  f"process dies", file=sys.stderr)
+                  f"process dies (found {self.liveness.noticed})", file=sys.stderr)
         self.waiting = True
         time.sleep(WAIT_S)
         return True
