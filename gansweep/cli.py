@@ -235,15 +235,15 @@ def export(study: str | None, experiment: str | None, fmt: str, out: Path | None
     from gansweep.export import DEFAULT_METRICS, export_table, pick_columns, render, short_columns
     if out is not None:
         refuse_existing(out)
-    names = tuple(m.strip() for m in metrics.split(",")) if metrics else DEFAULT_METRICS
-    by = tuple(c.strip() for c in group_by.split(",")) if group_by else ()
+    names = _names("--metrics", metrics) if metrics is not None else DEFAULT_METRICS
+    by = _names("--group-by", group_by) if group_by is not None else ()
     table = export_table(reading(store, tracking_uri).tracking_uri, study, experiment, names, by, mixed_scoring,
                          sort)
     if table.attrs["replaced"]:
         click.echo(f"note: {table.attrs['replaced']} run(s) that stopped early and whose point was run again are "
                    f"left out; each point shows its latest run", err=True)
     if columns is not None:
-        table = pick_columns(table, [c.strip() for c in columns.split(",") if c.strip()])
+        table = pick_columns(table, _names("--columns", columns))
     elif fmt in ("md", "latex"):
         table = pick_columns(table, short_columns(table))
     text = render(table, fmt)
@@ -253,6 +253,17 @@ def export(study: str | None, experiment: str | None, fmt: str, out: Path | None
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     click.echo(str(out))
+
+
+def _names(option: str, text: str) -> tuple[str, ...]:
+    """A comma-separated list of names: at least one, none twice."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise InputError(f"{option} names nothing; give comma-separated names")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"{option} names {', '.join(twice)} twice")
+    return names
 
 
 for command in (sample, interpolate, evaluate):

@@ -68,6 +68,7 @@ class Store:
 
     def existing(self) -> Store:
         """This store, for a command that only reads: refused when there is nothing to read."""
+        _check_tracking(self.tracking_uri)
         database = self.database
         if database is not None and not database.is_file():
             raise StoreError(f"no store at {database.parent} (no {database.name} there); run `gansweep study NAME` "
@@ -78,6 +79,7 @@ class Store:
 
     def for_writing(self) -> Store:
         """This store, for a command that records results: refused up front when it cannot be written."""
+        _check_tracking(self.tracking_uri)
         if not self.writable():
             raise StoreError(f"the store {self.root} cannot be written (read-only, or a file is in the way); "
                              f"give --store a folder you can write")
@@ -101,6 +103,35 @@ class Store:
             return optuna.storages.JournalStorage(_MendingJournal(str(path)))
         except OSError as e:
             raise StoreError(f"cannot open the Optuna journal {path}: {e.strerror or e}") from None
+
+
+HEALTH_TIMEOUT_S = 10  # how long a tracking server has to answer the first request of a command
+
+
+def _check_tracking(uri: str) -> None:
+    """A tracking URI other than a local sqlite file, reached once before anything is done: a scheme MLflow has
+    no store for, or a server that does not answer, is one line here. Past this point MLflow retries a request
+    to a server for minutes, which is right for a study under way and not for a first contact."""
+    if uri.startswith("sqlite:///"):
+        return
+    import urllib.error
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    try:
+        if uri.startswith(("http://", "https://")):
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+                pass
+        elif uri.startswith(("postgresql", "mysql", "mssql")):  # MLflow tries a database for a minute and more
+            import sqlalchemy
+
+            sqlalchemy.create_engine(uri).connect().close()
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as e:  # an unknown scheme, a missing driver, a server away or refusing: the user's to fix
+        reason = getattr(e, "reason", None) or e
+        first = (str(reason).strip().splitlines() or [type(e).__name__])[0]
+        raise StoreError(f"cannot use the MLflow tracking URI {uri}: {first}") from None
 
 
 class _MendingJournal(JournalFileBackend):

@@ -71,6 +71,15 @@ class StudyOptions:
 
     def apply(self, spec: StudySpec) -> StudySpec:
         """The study as the file says, with each given option in its place; a bad one is refused by name."""
+        outside = [v for v in self.variants or () if v not in spec.variants]
+        if outside:
+            from gansweep.variants import get_variant
+
+            for name in outside:  # a misspelled name is told the closest registered one first
+                get_variant(name)
+            raise ConfigError(f"--variant {','.join(outside)}: study {spec.name!r} compares "
+                              f"{', '.join(spec.variants)}; --variant picks among them (another variant needs a "
+                              f"study file of its own)")
         changes = {"variants": self.variants, "dataset": self.dataset, "epochs": self.epochs, "seeds": self.seeds}
         if spec.sampler != "grid":
             changes["trials"] = self.trials

@@ -213,7 +213,7 @@ STUDY_BAD = {
     "--epochs": ["0", "-1", "x", "nan", "10000000"],
     "--trials": ["0", "-1", "x", "nan", "10000000"],
     "--seeds": ["", "x", "nan", "0.5", "-1", "99999999999", "0,0"],
-    "--variant": ["0", "x", ""],
+    "--variant": ["0", "x", "", "cgan"],  # cgan: registered, not one of the study's
     "--dataset": ["0", "x", ""],
     "--device": ["0", "x"],
     "--store": [""],
@@ -256,7 +256,12 @@ READ_BAD = [
     ["export", "--study", "it's"], ["export", "--study", "tiny", "--sort", "x"],
     ["export", "--study", "tiny", "--sort", "-"], ["export", "--study", "tiny", "--sort", ""],
     ["export", "--study", "tiny", "--columns", "x"], ["export", "--study", "tiny", "--columns", "run_id,0"],
-    ["export", "--study", "tiny", "--columns", ","],
+    ["export", "--study", "tiny", "--columns", ","], ["export", "--study", "tiny", "--columns", "trial,trial"],
+    ["export", "--study", "tiny", "--group-by", "lr,lr"], ["export", "--study", "tiny", "--group-by", ""],
+    ["export", "--study", "tiny", "--metrics", ""], ["export", "--study", "tiny", "--metrics", " , "],
+    ["export", "--study", "tiny", "--tracking-uri", "bogus://x"], ["report", "tiny", "--tracking-uri", "bogus://x"],
+    ["export", "--study", "tiny", "--tracking-uri", "http://127.0.0.1:9"],
+    ["export", "--study", "tiny", "--tracking-uri", "postgresql://nobody@127.0.0.1:9/x"],
     ["sample", "0", "--n", "4"], ["sample", "-1"], ["sample", "x" * 100], ["report", "nope"], ["report", "it's"],
     ["ui", "--port", "0"], ["ui", "--port", "-1"], ["ui", "--port", "x"], ["ui", "--port", "70000"],
     ["ui", "--workers", "0"], ["sample", "tiny", "--best", "--store", ""],
@@ -487,6 +492,14 @@ def test_a_read_only_store_refuses_what_would_write_it(finished, tmp_path):
 def test_an_unreachable_storage_is_refused_before_anything_is_created(here):
     assert_refused(invoke("study", "tiny", "--device", "cpu", "--storage", "postgresql://nobody@127.0.0.1:9/x"),
                    "cannot open the Optuna storage postgresql://nobody@127.0.0.1:9/x")
+    assert not (here / "mlruns").exists()
+
+
+@pytest.mark.parametrize("uri", ["bogus://x", "http://127.0.0.1:9", "postgresql://nobody@127.0.0.1:9/x"])
+def test_an_unusable_tracking_uri_is_refused_before_anything_is_created(here, uri):
+    """A scheme MLflow has no store for, or a server that refuses: one line, not MLflow's minutes of retries."""
+    assert_refused(invoke("study", "tiny", "--device", "cpu", "--tracking-uri", uri),
+                   f"cannot use the MLflow tracking URI {uri}")
     assert not (here / "mlruns").exists()
 
 
