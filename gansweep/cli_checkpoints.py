@@ -97,6 +97,9 @@ def evaluate(run_id: str, n_eval: int | None, which: str, parzen: bool, device: 
     uri = found.tracking_uri
     report = evaluate_run(_run_id(run_id, best, uri), uri, which=which, n_eval=n_eval, parzen=parzen,
                           device=device, data_root=data_root, log_to_run=log_to_run, any_network=any_network)
+    if n_eval is not None and report.n < n_eval:
+        click.echo(f"note: --n {n_eval} is more than {report.dataset} allows (2 slices of at most half its held-out "
+                   f"split): scored {report.n} images per slice", err=True)
     click.echo(f"{report.variant} epoch {report.epoch} on {report.dataset}, n={report.n}, "
                f"feature net {report.feature_net} ({report.accuracy:.1%} held-out)")
     def cell(values: dict[str, float], name: str) -> str:

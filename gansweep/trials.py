@@ -75,7 +75,7 @@ class TrialRunner:
 
         if self.progress:
             ended, best = record_counts(self.client, self.parent_id, self.study, self.spec)
-            self.shown = StudyProgress(self.spec.name, total, ended, self.spec.objective.metric)
+            self.shown = StudyProgress(self.spec.name, total, ended, f"{self.spec.objective.metric}_val")
         try:
             yield
         finally:

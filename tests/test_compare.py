@@ -454,6 +454,9 @@ def test_evaluate_recomputes_the_scores_the_run_logged(in_store):
     assert math.isfinite(logged["eval/parzen_ll"]) and logged["eval/parzen_ll_stderr"] > 0
     parent = find_runs(client, study="small")[1]
     assert f"{parent.data.metrics['floor/fid_proxy']:.4g}" in result.output  # the floor beside the score
+    capped = invoke("evaluate", run.info.run_id, "--n", "100000", "--device", "cpu")  # mnist-5k holds 1,000
+    assert capped.exit_code == 0, capped.output
+    assert "--n 100000 is more than mnist-5k allows" in capped.stderr and "n=500," in capped.stdout
 
 
 def test_a_run_logs_what_it_used_and_the_study_its_constants_once(in_store):

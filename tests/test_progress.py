@@ -31,7 +31,7 @@ def test_a_study_off_a_terminal_prints_a_line_per_trial_with_the_best_so_far_and
     outcome = run_study(load_spec(tmp_path / "studies" / "tiny.toml"), StudyOptions(device="cpu", progress=True))
     err = capsys.readouterr().err
     assert "\r" not in err and "\033" not in err  # a log file gets lines, not a redrawn bar
-    lines = re.findall(r"^study tiny: (\d)/3 trials ended(, ETA \d\d:\d\d)?; best fid_proxy (\S+) \(trial (\d)\)$",
+    lines = re.findall(r"^study tiny: (\d)/3 trials ended(, ETA \d\d:\d\d)?; best fid_proxy_val (\S+) \(trial (\d)\)$",
                        err, re.MULTILINE)
     assert [int(n) for n, *_ in lines] == [1, 2, 3]
     assert [bool(eta) for _, eta, _, _ in lines] == [True, True, False]  # nothing left to estimate at the end
