@@ -24,6 +24,7 @@ from gansweep.liveness import is_lost
 
 __all__ = ["Resume", "resumable_attempt", "fetch_checkpoint", "RESUMABLE_ATTR"]
 
+CHECKPOINT_TAG = "gansweep.checkpoint_epoch"  # on a run: the epoch its last.pt holds, once it holds one
 RESUMABLE_ATTR = "resumable"  # on a trial failed by something other than its values: the machine, or a bug
 
 
@@ -44,8 +45,13 @@ def fetch_checkpoint(client: Any, run_id: str, name: str, directory: Path) -> tu
     from gansweep.tracking import checksum_tag, upload_tag
 
     try:
-        path = Path(client.download_artifacts(run_id, f"checkpoints/{name}", str(directory)))
         tags = client.get_run(run_id).data.tags
+        if name == "last.pt" and tags.get("gansweep.role") in ("trial", "run") and CHECKPOINT_TAG not in tags:
+            status = tags.get("gansweep.status")
+            raise GansweepError(f"run {run_id[:8]} has no checkpoint: "
+                                + (f"it ended ({status}: {tags.get('gansweep.reason')}) before its first epoch did"
+                                   if status else "its first epoch has not ended yet"))
+        path = Path(client.download_artifacts(run_id, f"checkpoints/{name}", str(directory)))
     except (MlflowException, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GansweepError(f"no {name} for run {run_id!r} ({first})") from None
@@ -87,7 +93,7 @@ def resumable_attempt(study: Any, client: Any, trial: Any, params: Mapping[str, 
         if run.info.lifecycle_stage != "active":
             _say(earlier_trial, "its MLflow run was deleted")
             return None
-        if "gansweep.checkpoint_epoch" not in run.data.tags:
+        if CHECKPOINT_TAG not in run.data.tags:
             return None  # it stopped before its first epoch ended: nothing to continue from
         changed = sorted(k for k, v in environment.items() if run.data.params.get(k, v) != v)
         if changed:

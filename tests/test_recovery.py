@@ -238,6 +238,11 @@ def test_a_point_stopped_before_its_first_checkpoint_starts_over_and_counts_once
                              capture_output=True, timeout=600)
     assert process.returncode == 0, process.stderr
     assert "0 trial(s) run now, 2 in all; the table leaves out 1 earlier attempt(s)" in process.stdout
+    process = subprocess.run([str(GANSWEEP), "sample", stopped_run.info.run_id], cwd=folder, text=True,
+                             capture_output=True, timeout=600)
+    assert process.returncode == 2 and process.stderr.strip() == (
+        f"Error: run {stopped_run.info.run_id[:8]} has no checkpoint: it ended (interrupted: interrupted by the "
+        f"user) before its first epoch did")
 
 
 def test_sigterm_records_the_trial_and_leaves_nothing_running(folder):
