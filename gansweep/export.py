@@ -19,7 +19,7 @@ from gansweep.errors import ConfigError, GansweepError
 from gansweep.scores import SCORES
 
 __all__ = ["FORMATS", "DEFAULT_METRICS", "STATUS_LABELS", "FoundRuns", "find_runs", "study_objective", "best_row",
-           "comparison_table", "group_table", "sort_table", "short_columns", "pick_columns", "render",
+           "comparison_table", "group_table", "sort_table", "short_columns", "pick_columns", "rounded", "render",
            "export_table"]
 
 FORMATS = ("csv", "md", "latex", "html", "json")
@@ -242,7 +242,8 @@ def _formatter(column: pd.Series) -> Any:
     return fmt
 
 
-def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+def rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text, one format per numeric column (see `_formatter`); an empty cell for a missing value."""
     def column_text(column: pd.Series) -> pd.Series:
         fmt = _formatter(column)
 
@@ -266,7 +267,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
         return json.dumps(records, indent=1, default=str) + "\n"  # full float precision; NaN as null
-    shown = _rounded(table)
+    shown = rounded(table)
     if "run_id" in shown:
         shown["run_id"] = shown["run_id"].str[:8]
     numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]

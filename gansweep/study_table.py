@@ -71,9 +71,12 @@ def seed_spread(table: Any, spec: StudySpec) -> Any:
 
 
 def format_table(table: Any) -> str:
+    """The table for a terminal, its numbers as `export` writes them (one format per column)."""
+    from gansweep.export import rounded
+
     if table.empty:
         return "(no trials)"
-    shown = table.drop(columns=["run_id"]).copy()
+    shown = rounded(table.drop(columns=["run_id"])).replace("", "-")
     shown["run"] = table["run_id"].str[:8]
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+    return shown.to_string(index=False)
 

@@ -129,6 +129,17 @@ def test_numbers_keep_one_plain_format_per_column():
     assert [r[3] for r in rows] == ["301.2", "45.68", "1.5"]
 
 
+def test_the_study_s_printed_table_writes_numbers_as_export_does():
+    from gansweep.study_table import format_table
+
+    table = pd.DataFrame({"trial": [0, 1], "lr": [3e-5, 3e-4], "fid_proxy": [16059.2, math.nan],
+                          "status": ["finished", "interrupted"], "run_id": ["a" * 32, "b" * 32]})
+    header, *rows = [line.split() for line in format_table(table).splitlines()]
+    assert header == ["trial", "lr", "fid_proxy", "status", "run"]
+    assert rows == [["0", "3e-5", "16059", "finished", "aaaaaaaa"], ["1", "3e-4", "-", "interrupted", "bbbbbbbb"]]
+    assert [r[1:3] for r in _cells(render(table, "md"))[1]] == [["3e-5", "16059"], ["3e-4", ""]]
+
+
 def test_grouped_export_on_a_hand_made_store(tmp_path):
     """Four runs made by hand: variant a at lr 0.1 with fid 1 and 3 (standard errors 0.3 and 0.4), at lr 0.2
     with 5 (0.5); variant b with 10 and no standard error, as an earlier gansweep's run."""
