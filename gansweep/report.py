@@ -21,7 +21,7 @@ from gansweep.errors import GansweepError
 from gansweep.store import Store
 from gansweep.tracking import slug as _slug
 from gansweep.export import (DEFAULT_METRICS, best_row, comparison_table, find_runs, pick_columns, render,
-                             short_columns, study_objective)
+                             short_columns, sort_table, study_objective)
 from gansweep.figures import LOG_AXES, Palette, colors, contact_sheet, curves, label, sensitivity
 
 __all__ = ["ReportOutcome", "write_report"]
@@ -151,9 +151,11 @@ def write_report(store: Store, study: str, out: Path | None = None, mixed_scorin
                        "captions": _captions(table[table["run_id"] == rid].iloc[0], axis, metric, len(paths),
                                              dict(histories[rid][f"test/{metric}"]))}
              for rid, paths in frames.items()}
+    ranked = sort_table(table, metric)  # as `export` shows the study: best first, the same columns
+    ranked = pick_columns(ranked, short_columns(ranked))
     (directory / "report.html").write_text(_page(
         study=study, description=parent.data.params.get("description", ""),
-        table=render(pick_columns(table, short_columns(table)), "html"),
+        table=render(ranked, "html"),
         objective=metric, better=better, best=best, grids=grids,
         max_epoch=max((len(p) for p in frames.values()), default=1),
         colour=f"{axis} (line style: variant)" if palette.numeric else "variant",
@@ -162,7 +164,7 @@ def write_report(store: Store, study: str, out: Path | None = None, mixed_scorin
     pictures = ["sensitivity.png", "scores.png", "losses.png", "contact_sheet.png"] + \
         (["best.gif"] if best else [])
     markdown = [f"# gansweep study {study}", "", parent.data.params.get("description", ""), "",
-                render(table.drop(columns=["mode_collapse", "noise"]), "md"), ""]
+                render(ranked, "md"), ""]
     markdown += [f"![{Path(p).stem}]({p})" for p in pictures]
     (directory / "report.md").write_text("\n".join(markdown) + "\n")
     logged = store.writable()

@@ -250,7 +250,11 @@ def test_report_writes_the_page_and_logs_it_to_the_parent(in_store, tmp_path):
         scores = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "test/fid_proxy")}
         assert [c.rsplit("fid_proxy ", 1)[1] for c in grid["captions"]] == [f"{scores[e]:.3g}" for e in (1, 2)]
         assert [c.split(", epoch ")[1].split(":")[0] for c in grid["captions"]] == ["1", "2"]
-    assert "| run_id" in (out / "report.md").read_text()
+    # both pages show the table export prints, in its order: best first, its columns
+    md_header, md_rows, _ = _cells((out / "report.md").read_text().split("\n\n")[2])
+    exported_header, exported_rows, _ = _cells(invoke("export", "--study", "small", "--format", "md").stdout)
+    assert (md_header, md_rows) == (exported_header, exported_rows) and "run_id" in md_header
+    assert all(f"<th>{name}</th>" in page for name in exported_header)
     logged = {a.path for a in client.list_artifacts(outcome.parent_run_id, "report")}
     assert {"report/report.html", "report/report.md", "report/sensitivity.png"} <= logged
     again = invoke("report", "small", "-o", out)
