@@ -22,7 +22,7 @@ from gansweep.config import TrainConfig
 from gansweep.errors import GansweepError
 from gansweep.liveness import is_lost
 
-__all__ = ["Resume", "resumable_attempt", "fetch_checkpoint", "RESUMABLE_ATTR"]
+__all__ = ["Resume", "resumable_attempt", "stopped_early", "fetch_checkpoint", "RESUMABLE_ATTR", "CHECKPOINT_TAG"]
 
 CHECKPOINT_TAG = "gansweep.checkpoint_epoch"  # on a run: the epoch its last.pt holds, once it holds one
 RESUMABLE_ATTR = "resumable"  # on a trial failed by something other than its values: the machine, or a bug
@@ -65,7 +65,8 @@ def _params(trial: FrozenTrial) -> dict[str, Any]:
     return {**trial.params, "seed": trial.params.get("seed", trial.user_attrs.get("seed"))}
 
 
-def _stopped_early(trial: FrozenTrial) -> bool:
+def stopped_early(trial: FrozenTrial) -> bool:
+    """Stopped before its end by something other than its values: its point runs again, from its checkpoint."""
     status = trial.user_attrs.get("status")
     return is_lost(trial) or status == "interrupted" or bool(trial.user_attrs.get(RESUMABLE_ATTR))
 
@@ -79,7 +80,7 @@ def resumable_attempt(study: Any, client: Any, trial: Any, params: Mapping[str, 
 
     trials = study.get_trials(deepcopy=False)
     taken = {t.user_attrs.get("resumed_from") for t in trials if t.state != TrialState.FAIL}
-    earlier = [t for t in trials if t.state == TrialState.FAIL and _stopped_early(t)
+    earlier = [t for t in trials if t.state == TrialState.FAIL and stopped_early(t)
                and _params(t) == dict(params) and t.number not in taken]
     for earlier_trial in sorted(earlier, key=lambda t: t.number, reverse=True):
         run_id = earlier_trial.user_attrs.get("mlflow_run_id")

@@ -10,7 +10,8 @@ from typing import Any
 from optuna.trial import TrialState
 
 from gansweep.peers import LIVE
-from gansweep.trials import Ask, Member, TrialRunner, asked_params
+from gansweep.resume import stopped_early
+from gansweep.trials import Ask, Member, TrialRunner, asked_params, point_key
 
 __all__ = ["SearchRunner"]
 
@@ -50,20 +51,43 @@ class SearchRunner(TrialRunner):
                 return ran
 
     def _search_ask(self, variant: str) -> Ask:
-        def ask(alive: contextlib.ExitStack) -> Member:
+        """The sampler's next point of `variant`, or first a point of it whose trial stopped early (interrupted,
+        lost, failed by the machine), asked again with its seed so that it resumes from its checkpoint."""
+        def ask(alive: contextlib.ExitStack) -> Member | None:
             spec = self.spec
-            self.study.enqueue_trial({"variant": variant})
+            stopped = self._stopped(variant)
+            if stopped is None:
+                self.study.enqueue_trial({"variant": variant})
+            else:  # the seed travels with the enqueued trial, to whichever process is handed it
+                point = asked_params(stopped)
+                self.study.enqueue_trial({k: v for k, v in point.items() if k != "seed"},
+                                         user_attrs={"seed": point["seed"]})
             trial = self.study.ask()
             alive.enter_context(self.liveness.alive(trial))
             params = {"variant": trial.suggest_categorical("variant", list(spec.variants))}
             for name, values in spec.space.items():
                 params[name] = _suggest(trial, name, values)
-            params["seed"] = spec.seeds[trial.number % len(spec.seeds)]
+            again = "seed" in trial.user_attrs
+            params["seed"] = trial.user_attrs["seed"] if again else spec.seeds[trial.number % len(spec.seeds)]
             trial.set_user_attr("seed", params["seed"])
             trial.set_user_attr("phase", "search")
-            return self._prepare(trial, params, ("search", variant))
+            if again and self.peers.stand_down_if_taken(trial, lambda other: other.user_attrs.get("phase") == "search"
+                                                        and point_key(asked_params(other)) == point_key(params),
+                                                        "search point"):
+                return None
+            return self._prepare(trial, params, ("search", params["variant"]))
 
         return ask
+
+    def _stopped(self, variant: str) -> Any:
+        """The earliest search trial of `variant` that stopped early and is its point's latest attempt, if any."""
+        latest: dict[tuple, Any] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            if t.user_attrs.get("phase") == "search" and t.user_attrs.get("status") != "duplicate" \
+                    and asked_params(t).get("variant") == variant:
+                latest[point_key(asked_params(t))] = t  # trials come in number order: the last one stays
+        stopped = [t for t in latest.values() if t.state == TrialState.FAIL and stopped_early(t)]
+        return min(stopped, key=lambda t: t.number) if stopped else None
 
     def _rerun_ask(self, best: Any, seed: int) -> Ask:
         """Re-run a variant's best parameters with `seed`; None where another process took it first."""

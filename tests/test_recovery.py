@@ -312,6 +312,38 @@ def test_a_sampled_study_is_reproducible_alone_and_new_in_every_other_process(fo
     assert len(set(later) | set(lrs)) == 6  # a resume draws points of its own
 
 
+def test_a_sampled_study_s_stopped_trial_is_asked_again_and_resumes_from_its_checkpoint(folder, monkeypatch):
+    """A random-search trial stopped in its second epoch: the next invocation asks the sampler's point again, with
+    its seed, and continues it from its epoch-1 checkpoint into the same run, before drawing the second point;
+    the tables show two trials."""
+    spec = load_spec(write_study(folder, name="search", epochs=3, sampler="random", extra="trials = 2",
+                                 lr="{ low = 1e-5, high = 1e-2, log = true }"))
+    step, calls = Population.step, []
+
+    def interrupted_in_epoch_2(self: Population, *args: object) -> object:
+        calls.append(1)
+        if len(calls) == 30:  # 20 G steps an epoch: 4,000 images, batches of 200
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(Population, "step", interrupted_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, StudyOptions(device="cpu", progress=False))
+    monkeypatch.setattr(Population, "step", step)
+    (stopped,) = study("search").trials
+    assert stopped.user_attrs["status"] == "interrupted"
+
+    outcome = run_study(spec, StudyOptions(device="cpu", progress=False))
+    again, fresh = study("search").trials[1:]
+    assert again.params == stopped.params and again.user_attrs["seed"] == stopped.user_attrs["seed"]
+    assert again.user_attrs["resumed_from"] == stopped.number and again.user_attrs["resumed_at_epoch"] == 1
+    assert again.user_attrs["mlflow_run_id"] == stopped.user_attrs["mlflow_run_id"]
+    assert again.state == fresh.state == TrialState.COMPLETE and fresh.params != stopped.params
+    assert sorted(outcome.table["trial"]) == [again.number, fresh.number] and outcome.table.attrs["replaced"] == 1
+    epochs = [m.step for m in client().get_metric_history(again.user_attrs["mlflow_run_id"], "score/fid_proxy")]
+    assert sorted(set(epochs)) == [1, 2, 3]
+
+
 def full_disk_scenario(folder: Path, facts: Path) -> None:
     """Run as root in a private mount namespace: the store is a small tmpfs that fills in the middle of a study,
     then space is freed and the same command run again. What is found goes to `facts` (outside the tmpfs)."""
