@@ -121,7 +121,10 @@ def _check_tracking(uri: str) -> None:
 
     try:
         if uri.startswith(("http://", "https://")):
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+            try:
+                with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+                    pass
+            except urllib.error.HTTPError:  # it answered (behind a proxy or a login, say): MLflow's request tells
                 pass
         elif uri.startswith(("postgresql", "mysql", "mssql")):  # MLflow tries a database for a minute and more
             import sqlalchemy
