@@ -105,7 +105,7 @@ class Store:
             raise StoreError(f"cannot open the Optuna journal {path}: {e.strerror or e}") from None
 
 
-HEALTH_TIMEOUT_S = 10  # how long a tracking server has to answer the first request of a command
+HEALTH_TIMEOUT_S = 10  # how long a tracking server or database has to answer a command's first request
 
 
 def _check_tracking(uri: str) -> None:
@@ -129,7 +129,8 @@ def _check_tracking(uri: str) -> None:
         elif uri.startswith(("postgresql", "mysql", "mssql")):  # MLflow tries a database for a minute and more
             import sqlalchemy
 
-            sqlalchemy.create_engine(uri).connect().close()
+            waits = {"connect_timeout": HEALTH_TIMEOUT_S} if uri.startswith(("postgresql", "mysql")) else {}
+            sqlalchemy.create_engine(uri, connect_args=waits).connect().close()
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # an unknown scheme, a missing driver, a server away or refusing: the user's to fix
         reason = getattr(e, "reason", None) or e
