@@ -1,8 +1,8 @@
 """Which trial stands for a point of a study. A trial that stopped before its end (interrupted, its process lost,
 or failed) is run again by a later trial of the same point: resumed from its checkpoint into the same MLflow run,
-or started over in a new one. A study's tables show each point's latest attempt, so a point counts once in a
-table, a mean or a group's `n`; the earlier attempts stay in Optuna and MLflow as they were recorded, and the
-tables say how many they leave out."""
+or started over in a new one. A study's tables leave out such attempts once a later one of the same point
+exists, so a point run again counts once in a table, a mean or a group's `n`; the earlier attempts stay in
+Optuna and MLflow as they were recorded, and the tables say how many they leave out."""
 
 from __future__ import annotations
 

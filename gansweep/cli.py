@@ -230,7 +230,8 @@ def report(study: str, out: Path | None, mixed_scoring: bool, store: str | None,
 def export(study: str | None, experiment: str | None, fmt: str, out: Path | None, group_by: str | None,
            metrics: str | None, sort: str | None, columns: str | None, mixed_scoring: bool, store: str | None,
            tracking_uri: str | None) -> None:
-    """Write the comparison table of a study or experiment: one row per trial, or per group over seeds."""
+    """Write the comparison table of a study or experiment: one row per point (its latest trial) or
+    per run, or per group over seeds."""
     from gansweep.atomic import atomic_path, refuse_existing
     from gansweep.export import DEFAULT_METRICS, export_table, pick_columns, render, short_columns
     if out is not None:

@@ -1,4 +1,5 @@
-"""Comparison tables read back from MLflow: one row per trial, or per group of trials aggregated over seeds.
+"""Comparison tables read back from MLflow: one row per point of a study (its latest trial) or per run of an
+experiment, or per group of them aggregated over seeds.
 
 Everything is read through MLflow's client (search_runs, metric histories) into pandas; nothing is cached
 beside the store, so a table is always what the store holds now.

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 import gansweep
 from gansweep.hooks import Hook, StepLog, TrainResult, TrainState
+from gansweep.resume import CHECKPOINT_TAG
 from gansweep.tracking import checksum_tag, end_run, git_commit, upload_tag, write_later, written
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ class MlflowHook(Hook):
                 self.client.log_artifact(self.run_id, str(path), "checkpoints")
                 tags = [RunTag(checksum_tag(path.name), digest)]
                 if path.name == "last.pt":
-                    tags.append(RunTag("gansweep.checkpoint_epoch", str(state.epoch)))
+                    tags.append(RunTag(CHECKPOINT_TAG, str(state.epoch)))
                 else:
                     tags.append(RunTag("gansweep.best_epoch", str(state.epoch)))
                     value = state.scores.get(self.objective)

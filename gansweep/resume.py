@@ -44,21 +44,34 @@ def fetch_checkpoint(client: Any, run_id: str, name: str, directory: Path) -> tu
     from gansweep.checkpoint import sha256
     from gansweep.tracking import checksum_tag, upload_tag
 
+    tags: dict[str, str] = {}
     try:
         tags = client.get_run(run_id).data.tags
-        if name == "last.pt" and tags.get("gansweep.role") in ("trial", "run") and CHECKPOINT_TAG not in tags:
-            status = tags.get("gansweep.status")
-            raise GansweepError(f"run {run_id[:8]} has no checkpoint: "
-                                + (f"it ended ({status}: {tags.get('gansweep.reason')}) before its first epoch did"
-                                   if status else "its first epoch has not ended yet"))
         path = Path(client.download_artifacts(run_id, f"checkpoints/{name}", str(directory)))
     except (MlflowException, OSError) as e:
+        if _never_saved(name, tags):
+            raise GansweepError(_missing(run_id, tags)) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GansweepError(f"no {name} for run {run_id!r} ({first})") from None
     recorded, uploaded = tags.get(checksum_tag(name)), tags.get(upload_tag(name))
     if uploaded not in (None, recorded) and sha256(path) == uploaded:
         return path, uploaded
     return path, recorded
+
+
+def _never_saved(name: str, tags: Mapping[str, str]) -> bool:
+    """A gansweep run that never recorded a last.pt (the tag is there since checkpoints were tagged: an older
+    run's missing file is only missing)."""
+    return name == "last.pt" and tags.get("gansweep.role") in ("trial", "run") and CHECKPOINT_TAG not in tags \
+        and "gansweep.sha256.last.pt" not in tags
+
+
+def _missing(run_id: str, tags: Mapping[str, str]) -> str:
+    status = tags.get("gansweep.status")
+    if status is None:
+        return f"run {run_id[:8]} has no checkpoint: its first epoch has not ended yet"
+    why = f": {tags['gansweep.reason']}" if "gansweep.reason" in tags else ""
+    return f"run {run_id[:8]} has no checkpoint: it ended ({status}{why}) before its first epoch did"
 
 
 def _params(trial: FrozenTrial) -> dict[str, Any]:

@@ -4,16 +4,16 @@ number of trials, then each variant's best parameters are run again with the stu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from gansweep.peers import LIVE
 from gansweep.resume import stopped_early
 from gansweep.trials import Ask, Member, TrialRunner, asked_params, point_key
 
-__all__ = ["SearchRunner"]
+__all__ = ["SearchRunner", "stopped_search_trial"]
 
 
 class SearchRunner(TrialRunner):
@@ -55,7 +55,7 @@ class SearchRunner(TrialRunner):
         lost, failed by the machine), asked again with its seed so that it resumes from its checkpoint."""
         def ask(alive: contextlib.ExitStack) -> Member | None:
             spec = self.spec
-            stopped = self._stopped(variant)
+            stopped = stopped_search_trial(self.study.get_trials(deepcopy=False), variant, self.spec.space)
             if stopped is None:
                 self.study.enqueue_trial({"variant": variant})
             else:  # the seed travels with the enqueued trial, to whichever process is handed it
@@ -78,16 +78,6 @@ class SearchRunner(TrialRunner):
             return self._prepare(trial, params, ("search", params["variant"]))
 
         return ask
-
-    def _stopped(self, variant: str) -> Any:
-        """The earliest search trial of `variant` that stopped early and is its point's latest attempt, if any."""
-        latest: dict[tuple, Any] = {}
-        for t in self.study.get_trials(deepcopy=False):
-            if t.user_attrs.get("phase") == "search" and t.user_attrs.get("status") != "duplicate" \
-                    and asked_params(t).get("variant") == variant:
-                latest[point_key(asked_params(t))] = t  # trials come in number order: the last one stays
-        stopped = [t for t in latest.values() if t.state == TrialState.FAIL and stopped_early(t)]
-        return min(stopped, key=lambda t: t.number) if stopped else None
 
     def _rerun_ask(self, best: Any, seed: int) -> Ask:
         """Re-run a variant's best parameters with `seed`; None where another process took it first."""
@@ -142,6 +132,20 @@ class SearchRunner(TrialRunner):
             todo += [(best, seed) for seed in self.spec.best_seeds
                      if (variant, seed) not in done and not self._given_up(("rerun", variant, seed))]
         return todo
+
+def stopped_search_trial(trials: Sequence[FrozenTrial], variant: str, space: Iterable[str]) -> FrozenTrial | None:
+    """The earliest search trial of `variant` that stopped early and is its point's latest failed attempt,
+    where no trial holds the point now (done or under way) and the point is whole (every parameter of `space`
+    and the seed recorded: a trial can die between being asked and suggesting)."""
+    search = [t for t in trials if t.user_attrs.get("phase") == "search" and t.user_attrs.get("status") != "duplicate"]
+    held = {point_key(asked_params(t)) for t in search if t.state in LIVE}
+    latest = {point_key(asked_params(t)): t for t in sorted(search, key=lambda t: t.number)
+              if t.state == TrialState.FAIL}
+    whole = {"variant", "seed", *space}
+    left = [t for key, t in latest.items() if key not in held and stopped_early(t)
+            and asked_params(t).get("variant") == variant and set(asked_params(t)) == whole]
+    return min(left, key=lambda t: t.number) if left else None
+
 
 def _suggest(trial: Any, name: str, values: Any) -> Any:
     if not isinstance(values, Mapping):

@@ -26,7 +26,8 @@ from optuna.trial import TrialState
 
 from gansweep.errors import GansweepError
 
-__all__ = ["Store", "resolve_store", "store_lock", "STORE_ENV", "DEFAULT_STORE", "DATABASE", "JOURNAL"]
+__all__ = ["Store", "resolve_store", "store_lock", "STORE_ENV", "DEFAULT_STORE", "DATABASE", "JOURNAL",
+           "FIRST_CONTACT_S"]
 
 STORE_ENV = "GANSWEEP_STORE"
 DEFAULT_STORE = Path("mlruns")
@@ -105,37 +106,45 @@ class Store:
             raise StoreError(f"cannot open the Optuna journal {path}: {e.strerror or e}") from None
 
 
-HEALTH_TIMEOUT_S = 10  # how long a tracking server or database has to answer a command's first request
+FIRST_CONTACT_S = 10  # how long a tracking server or database has to answer a command's first request
 
 
 def _check_tracking(uri: str) -> None:
     """A tracking URI other than a local sqlite file, reached once before anything is done: a scheme MLflow has
-    no store for, or a server that does not answer, is one line here. Past this point MLflow retries a request
-    to a server for minutes, which is right for a study under way and not for a first contact."""
+    no store for, or a server or database that does not answer, is one line here. Past this point MLflow retries a
+    request for minutes, which is right for a study under way and not for a first contact; this one request is
+    MLflow's own (its TLS and login settings apply), made without retries and with a timeout."""
     if uri.startswith("sqlite:///"):
         return
-    import urllib.error
-    import urllib.request
-
     from mlflow import MlflowClient
 
     try:
-        if uri.startswith(("http://", "https://")):
-            try:
-                with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
-                    pass
-            except urllib.error.HTTPError:  # it answered (behind a proxy or a login, say): MLflow's request tells
-                pass
-        elif uri.startswith(("postgresql", "mysql", "mssql")):  # MLflow tries a database for a minute and more
+        if uri.startswith(("postgresql", "mysql", "mssql")):  # MLflow tries a database for a minute and more
             import sqlalchemy
 
-            waits = {"connect_timeout": HEALTH_TIMEOUT_S} if uri.startswith(("postgresql", "mysql")) else {}
+            waits = {"connect_timeout": FIRST_CONTACT_S} if uri.startswith(("postgresql", "mysql")) \
+                else {"timeout": FIRST_CONTACT_S}
             sqlalchemy.create_engine(uri, connect_args=waits).connect().close()
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(FIRST_CONTACT_S)):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # an unknown scheme, a missing driver, a server away or refusing: the user's to fix
-        reason = getattr(e, "reason", None) or e
-        first = (str(reason).strip().splitlines() or [type(e).__name__])[0]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise StoreError(f"cannot use the MLflow tracking URI {uri}: {first}") from None
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables set while the block runs, then as they were."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _MendingJournal(JournalFileBackend):

@@ -106,7 +106,7 @@ class StudyOutcome:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    table: Any  # pandas.DataFrame, one row per trial, best first
+    table: Any  # pandas.DataFrame, one row per point (its latest trial), best first
     ran: int  # trials run by this invocation
     failed: tuple[str, ...] = ()  # one line per point that failed in this invocation and is still not done
 

@@ -39,8 +39,10 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
         row["wall_s"] = t.user_attrs.get("wall_time_s")
         row["run_id"] = t.user_attrs.get("mlflow_run_id")
         rows.append(row)
-    points = [tuple(sorted((k, v) for k, v in row.items() if k == "seed" or k == "variant" or k in spec.space))
-              + (row.get("phase"),) for row in rows]
+    # a point as export knows it from a run: variant, seed and swept values (a re-run that resumed a stopped
+    # search trial of the same point continued its run)
+    points = [tuple(sorted((k, v) for k, v in row.items() if k in ("variant", "seed") or k in spec.space))
+              for row in rows]
     gone = replaced([(point, row["trial"], row["status"]) for point, row in zip(points, rows)])
     # the same columns in the same order whichever trial comes first: one that stopped early has no scores
     head = ["trial", "variant", "seed", *spec.space]
@@ -77,6 +79,6 @@ def format_table(table: Any) -> str:
     if table.empty:
         return "(no trials)"
     shown = rounded(table.drop(columns=["run_id"])).replace("", "-")
-    shown["run"] = table["run_id"].str[:8]
+    shown["run"] = table["run_id"].str[:8].fillna("-")  # a trial lost before its run was made has none
     return shown.to_string(index=False)
 

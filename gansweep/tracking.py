@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 import gansweep
 from gansweep.store import store_lock
 
-__all__ = ["slug", "client_for", "experiment_id", "study_parents", "study_names", "RUN_STATUS", "end_run", "git_commit",
-           "checksum_tag", "upload_tag", "full_run_id", "run_tags", "write_later", "written"]
+__all__ = ["slug", "client_for", "experiment_id", "study_parents", "study_names", "RUN_STATUS", "end_run",
+           "git_commit", "checksum_tag", "upload_tag", "full_run_id", "run_tags", "write_later", "written"]
 
 # How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
 RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "collapsed": "KILLED", "interrupted": "KILLED",

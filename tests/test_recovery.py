@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from gansweep.export import export_table
 from gansweep.population import Population
+from gansweep.search import stopped_search_trial
 from gansweep.spec import load_spec
 from gansweep.store import resolve_store
 from gansweep.study import StudyOptions, run_study
@@ -245,6 +246,25 @@ def test_a_point_stopped_before_its_first_checkpoint_starts_over_and_counts_once
         f"user) before its first epoch did")
 
 
+def test_a_run_without_a_checkpoint_says_why_and_an_older_run_s_checkpoint_is_still_read(tmp_path):
+    """Hand-made runs: one interrupted before its first epoch (no file, no checkpoint tag) is told in one line; one
+    of a gansweep before checkpoints were tagged has its file and no tag, and the file is read."""
+    from gansweep.errors import GansweepError
+    from gansweep.resume import fetch_checkpoint
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/hand.db")
+    experiment = c.create_experiment("hand", artifact_location=(tmp_path / "artifacts").as_uri())
+    stopped = c.create_run(experiment, tags={"gansweep.role": "trial", "gansweep.status": "interrupted"}).info.run_id
+    with pytest.raises(GansweepError) as error:
+        fetch_checkpoint(c, stopped, "last.pt", tmp_path)
+    assert str(error.value) == f"run {stopped[:8]} has no checkpoint: it ended (interrupted) before its first epoch did"
+    older = c.create_run(experiment, tags={"gansweep.role": "trial"}).info.run_id
+    (tmp_path / "last.pt").write_bytes(b"saved")
+    c.log_artifact(older, str(tmp_path / "last.pt"), "checkpoints")
+    path, recorded = fetch_checkpoint(c, older, "last.pt", tmp_path / "read")
+    assert path.read_bytes() == b"saved" and recorded is None
+
+
 def test_sigterm_records_the_trial_and_leaves_nothing_running(folder):
     process = start(folder)
     wait_for_checkpoint(process, trial=0, epoch=1)
@@ -342,6 +362,34 @@ def test_a_sampled_study_s_stopped_trial_is_asked_again_and_resumes_from_its_che
     assert sorted(outcome.table["trial"]) == [again.number, fresh.number] and outcome.table.attrs["replaced"] == 1
     epochs = [m.step for m in client().get_metric_history(again.user_attrs["mlflow_run_id"], "score/fid_proxy")]
     assert sorted(set(epochs)) == [1, 2, 3]
+
+
+def test_which_stopped_search_trial_is_asked_again():
+    """Optuna's own trials: a point done once and stopped on a repeat is held; a point stopped twice is asked
+    again once, by its latest attempt; a trial that died before suggesting (no seed) has no point to ask;
+    a point whose later attempt failed on its values is not asked again; other variants are not looked at."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    def made(number, lr, state, variant="gan", seed=0, **attrs):
+        params = {"variant": variant} if lr is None else {"variant": variant, "lr": lr}
+        dists = {"variant": CategoricalDistribution(["gan", "dcgan"]), "lr": FloatDistribution(1e-5, 1e-2)}
+        user = {"phase": "search", **({} if seed is None else {"seed": seed}), **attrs}
+        trial = create_trial(state=state, params=params, distributions={k: dists[k] for k in params},
+                             user_attrs=user, value=1.0 if state == TrialState.COMPLETE else None)
+        trial.number = number
+        return trial
+
+    interrupted = {"status": "interrupted"}
+    trials = [made(0, 1e-3, TrialState.COMPLETE, status="finished"), made(1, 1e-3, TrialState.FAIL, **interrupted),
+              made(2, 2e-3, TrialState.FAIL, **interrupted), made(3, 2e-3, TrialState.FAIL),  # lost: no status
+              made(4, 3e-3, TrialState.FAIL, seed=None), made(5, None, TrialState.FAIL, seed=None),
+              made(6, 4e-3, TrialState.FAIL, **interrupted), made(7, 4e-3, TrialState.FAIL, status="failed"),
+              made(8, 5e-3, TrialState.FAIL, variant="dcgan", **interrupted)]
+    assert stopped_search_trial(trials, "gan", ["lr"]).number == 3
+    assert stopped_search_trial(trials[:3] + trials[4:], "gan", ["lr"]).number == 2
+    assert stopped_search_trial(trials + [made(9, 2e-3, TrialState.RUNNING)], "gan", ["lr"]) is None
+    assert stopped_search_trial(trials, "dcgan", ["lr"]).number == 8
 
 
 def full_disk_scenario(folder: Path, facts: Path) -> None:
