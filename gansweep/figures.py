@@ -16,7 +16,7 @@ __all__ = ["LOG_AXES", "Palette", "colors", "label", "sensitivity", "curves", "c
 
 LOG_AXES = ("lr", "lr_g", "lr_d")  # swept names drawn on a log axis
 _MAX_GRID_VALUES = 12  # more distinct values than this on the swept axis: drawn as points
-_FAILED = ("diverged", "mode collapse", "pruned", "failed", "interrupted")
+_FAILED = ("diverged", "mode collapse", "pruned", "failed", "interrupted", "lost")  # as the tables name them
 _STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
           "axes.spines.right": False, "font.size": 9}
 

@@ -21,6 +21,8 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
     slice's."""
     import pandas as pd
 
+    from gansweep.export import STATUS_LABELS
+
     metric = spec.objective.metric
     scores = [metric, *(n for n in TABLE_SCORES if n != metric)]
     rows = []
@@ -34,7 +36,8 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
         row.update({name: t.user_attrs[f"final.{name}"] for name in scores if f"final.{name}" in t.user_attrs})
         if "phase" in t.user_attrs and spec.best_seeds:
             row["phase"] = t.user_attrs["phase"]
-        row["status"] = t.user_attrs.get("status") or ("lost" if is_lost(t) else t.state.name.lower())
+        status = t.user_attrs.get("status") or ("lost" if is_lost(t) else t.state.name.lower())
+        row["status"] = STATUS_LABELS.get(status, status)  # as export names it
         row["epochs"] = t.user_attrs.get("epochs")
         row["wall_s"] = t.user_attrs.get("wall_time_s")
         row["run_id"] = t.user_attrs.get("mlflow_run_id")

@@ -257,9 +257,10 @@ def test_a_collapsed_trial_is_stopped_and_recorded(store, monkeypatch):
     monkeypatch.setattr(Evaluator, "_scores", scripted)
     (store / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra="collapse_window = 1"))
     spec = load_spec(store / "studies" / "tiny.toml")
-    run_study(spec, StudyOptions(trials=1, device="cpu", progress=False))
+    outcome = run_study(spec, StudyOptions(trials=1, device="cpu", progress=False))
     (trial,) = trials()
     assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "collapsed"
+    assert list(outcome.table["status"]) == ["mode collapse"]  # as export and the report name it
     assert trial.user_attrs["epochs"] == 2 and "mode collapse" in trial.user_attrs["reason"]
     assert trial.user_attrs["mode_collapse"].startswith("epoch 2: 2 of 10 classes among the 90% confident")
     run = MlflowClient(resolve_store().tracking_uri).get_run(trial.user_attrs["mlflow_run_id"])
