@@ -240,6 +240,9 @@ def export(study: str | None, experiment: str | None, fmt: str, out: Path | None
     by = _names("--group-by", group_by) if group_by is not None else ()
     table = export_table(reading(store, tracking_uri).tracking_uri, study, experiment, names, by, mixed_scoring,
                          sort)
+    absent = [m for m in names if m not in table and f"{m}_mean" not in table]
+    if metrics is not None and absent:
+        click.echo(f"note: no run here has {', '.join(absent)}, so the table has no column for it", err=True)
     if table.attrs["replaced"]:
         click.echo(f"note: {table.attrs['replaced']} run(s) that stopped early and whose point was run again are "
                    f"left out; each point shows its latest run", err=True)

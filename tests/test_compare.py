@@ -197,10 +197,11 @@ def test_a_point_run_again_shows_only_its_latest_run(tmp_path):
     table = comparison_table(client, found.runs, ["fid_proxy"])
     assert sorted(zip(table["trial"], table["lr"], table["status"])) == [
         (1, 0.1, "interrupted"), (1, 0.2, "lost"), (2, 0.1, "finished"), (3, 0.3, "finished")]
-    result = invoke("export", "--experiment", "hand", "--group-by", "lr", "--metrics", "fid_proxy",
+    result = invoke("export", "--experiment", "hand", "--group-by", "lr", "--metrics", "fid_proxy,recall",
                     "--format", "csv", "--tracking-uri", uri)
     assert result.exit_code == 0, result.output
     assert "1 run(s) that stopped early and whose point was run again are left out" in result.stderr
+    assert "no run here has recall, so the table has no column for it" in result.stderr
     rows = [line.split(",") for line in result.stdout.splitlines()]
     assert rows[0][:3] == ["lr", "n", "not_finished"]
     assert {(r[0], r[1], r[2]) for r in rows[1:]} == {("0.1", "2", "1"), ("0.2", "1", "1"), ("0.3", "1", "0")}
