@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from gansweep.config import DataConfig
-from gansweep.errors import DataUnavailableError, UnknownNameError
+from gansweep.errors import DataUnavailableError, UnknownNameError, first_line
 from gansweep.mnist_wheel import WHEEL, provide_mnist
 
 __all__ = ["DataRecord", "Dataset", "DatasetSource", "DATASETS", "load_dataset", "get_source"]
@@ -109,7 +109,7 @@ def _torchvision_reader(class_name: str) -> Callable[[DataConfig], Arrays]:
             splits = open_splits(config.download and not has_wheel)
         except (OSError, RuntimeError) as e:
             if class_name != "MNIST":
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = first_line(e)
                 raise DataUnavailableError(
                     f"{class_name} is not under {root} and could not be downloaded (no network? {reason}); "
                     f"place its files as {root}/{_LAYOUT[class_name]} (or set --data-root / GANSWEEP_DATA), "

@@ -8,7 +8,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["GansweepError", "ConfigError", "UnknownNameError", "DataUnavailableError"]
+__all__ = ["GansweepError", "ConfigError", "UnknownNameError", "DataUnavailableError", "first_line"]
+
+
+def first_line(error: BaseException) -> str:
+    """What an error says, in one line: its message's first line, or its type where it says nothing."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 class GansweepError(Exception):

@@ -18,6 +18,7 @@ from typing import Any
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from gansweep.errors import first_line
 from gansweep.hooks import Hook, TrainResult, TrainState
 from gansweep.liveness import GRACE_S
 from gansweep.resume import RESUMABLE_ATTR
@@ -73,7 +74,7 @@ class Outcomes:
             self.counted()
         except Exception as e:
             print(f"warning: trial {trial.number} ended ({status}: {reason}) but could not be recorded: "
-                  f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}; it will be run again",
+                  f"{first_line(e)}; it will be run again",
                   file=sys.stderr)
 
 

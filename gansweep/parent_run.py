@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 
 from gansweep.config import MAX_SEED
-from gansweep.errors import ConfigError
+from gansweep.errors import ConfigError, first_line
 from gansweep.scoring import pin
 from gansweep.spec import StudySpec
 
@@ -38,7 +38,7 @@ def describe(client: Any, spec: StudySpec, study_name: str, experiment: str, par
             client.log_inputs(parent_id, [dataset_input(record)])
     except MlflowException as e:
         print(f"warning: the study's run-table view or data could not be recorded: "
-              f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+              f"{first_line(e)}", file=sys.stderr)
 
 
 def end_parent(client: Any, parent_id: str, status: str) -> None:
@@ -48,7 +48,7 @@ def end_parent(client: Any, parent_id: str, status: str) -> None:
         client.set_terminated(parent_id, status)
     except Exception as e:
         print(f"warning: could not record the parent run {parent_id} as {status}: "
-              f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+              f"{first_line(e)}", file=sys.stderr)
 
 
 def open_study(client: Any, storage: Any, spec: StudySpec, fresh: bool, experiment_name: str | None,

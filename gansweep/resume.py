@@ -19,7 +19,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from gansweep.config import TrainConfig
-from gansweep.errors import GansweepError
+from gansweep.errors import GansweepError, first_line
 from gansweep.liveness import is_lost
 
 __all__ = ["Resume", "resumable_attempt", "stopped_early", "fetch_checkpoint", "RESUMABLE_ATTR", "CHECKPOINT_TAG"]
@@ -51,7 +51,7 @@ def fetch_checkpoint(client: Any, run_id: str, name: str, directory: Path) -> tu
     except (MlflowException, OSError) as e:
         if _never_saved(name, tags):
             raise GansweepError(_missing(run_id, tags)) from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise GansweepError(f"no {name} for run {run_id!r} ({first})") from None
     recorded, uploaded = tags.get(checksum_tag(name)), tags.get(upload_tag(name))
     if uploaded not in (None, recorded) and sha256(path) == uploaded:

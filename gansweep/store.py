@@ -24,7 +24,7 @@ from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import TrialState
 
-from gansweep.errors import GansweepError
+from gansweep.errors import GansweepError, first_line
 
 __all__ = ["Store", "resolve_store", "store_lock", "STORE_ENV", "DEFAULT_STORE", "DATABASE", "JOURNAL",
            "FIRST_CONTACT_S"]
@@ -96,7 +96,7 @@ class Store:
             try:  # connects and makes Optuna's tables now, before anything of the study exists
                 return _rdb_storage(self.storage, HEARTBEAT_S, GRACE_S)
             except Exception as e:  # a bad URL, a missing driver, an unreachable server: all the user's to fix
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                first = first_line(e)
                 raise StoreError(f"cannot open the Optuna storage {self.storage}: {first}") from None
         path = Path(self.storage)
         try:
@@ -128,7 +128,7 @@ def _check_tracking(uri: str) -> None:
         with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(FIRST_CONTACT_S)):
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # an unknown scheme, a missing driver, a server away or refusing: the user's to fix
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise StoreError(f"cannot use the MLflow tracking URI {uri}: {first}") from None
 
 

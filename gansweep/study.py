@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 
 from gansweep.config import DEVICES, check_types
-from gansweep.errors import ConfigError
+from gansweep.errors import ConfigError, first_line
 from gansweep.parent_run import continued_parent, describe, end_parent, open_study
 from gansweep.scoring import pinned_evaluator
 from gansweep.spec import MAX_TRIALS, StudySpec
@@ -172,7 +172,7 @@ def run_study(spec: StudySpec, options: StudyOptions) -> StudyOutcome:
         record_summary(client, parent_id, study, spec, table)
     except Exception as e:  # every trial is recorded already: a summary that cannot be written costs nothing else
         print(f"warning: the study's summary could not be logged to its parent run: "
-              f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+              f"{first_line(e)}", file=sys.stderr)
     end_parent(client, parent_id, "FAILED" if failed else "FINISHED")  # FAILED: points are left to retry
     return StudyOutcome(spec, study.study_name, store.storage, store.tracking_uri, experiment, parent_id, table,
                         ran, failed)
