@@ -14,7 +14,8 @@ from typing import Any
 from optuna.trial import TrialState
 
 from gansweep.peers import LIVE
-from gansweep.trials import Ask, Member, TrialRunner, asked_params, point_key
+from gansweep.attempts import asked_params, point_key
+from gansweep.trials import Ask, Member, TrialRunner
 
 __all__ = ["GridRunner"]
 

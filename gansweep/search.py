@@ -11,7 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gansweep.peers import LIVE
 from gansweep.resume import stopped_early
-from gansweep.trials import Ask, Member, TrialRunner, asked_params, point_key
+from gansweep.attempts import asked_params, point_key
+from gansweep.trials import Ask, Member, TrialRunner
 
 __all__ = ["SearchRunner", "stopped_search_trial"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gansweep.attempts import replaced
+from gansweep.attempts import asked_params, point_key, replaced
 from gansweep.liveness import is_lost
 from gansweep.spec import StudySpec
 
@@ -25,7 +25,7 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
 
     metric = spec.objective.metric
     scores = [metric, *(n for n in TABLE_SCORES if n != metric)]
-    rows = []
+    rows, points = [], []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("status") == "duplicate" or t.state.name in ("RUNNING", "WAITING"):
             continue
@@ -42,10 +42,7 @@ def ranked_table(study: Any, spec: StudySpec) -> Any:
         row["wall_s"] = t.user_attrs.get("wall_time_s")
         row["run_id"] = t.user_attrs.get("mlflow_run_id")
         rows.append(row)
-    # a point as export knows it from a run: variant, seed and swept values (a re-run that resumed a stopped
-    # search trial of the same point continued its run)
-    points = [tuple(sorted((k, v) for k, v in row.items() if k in ("variant", "seed") or k in spec.space))
-              for row in rows]
+        points.append(point_key(asked_params(t)))  # whatever its phase: a re-run can resume a search trial's run
     gone = replaced([(point, row["trial"], row["status"]) for point, row in zip(points, rows)])
     # the same columns in the same order whichever trial comes first: one that stopped early has no scores
     head = ["trial", "variant", "seed", *spec.space]

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gansweep.attempts import asked_params, point_key
 from gansweep.errors import GansweepError
 from gansweep.hooks import Hook
 from gansweep.liveness import Liveness
@@ -35,24 +36,10 @@ if TYPE_CHECKING:
     from gansweep.runs import TrackedMember
     from gansweep.variants import Variant
 
-__all__ = ["TrialRunner", "Member", "Ask", "point_key", "asked_params", "short_value"]
+__all__ = ["TrialRunner", "Member", "Ask", "short_value"]
 
 # Asks Optuna for one trial, keeps it visibly alive in the stack and makes it ready; None where it stood down.
 Ask = Callable[[contextlib.ExitStack], "Member | None"]
-
-
-def point_key(params: Mapping[str, Any]) -> tuple:
-    """A point as a hashable key, the same whatever order its parameters come in."""
-    return tuple(sorted(params.items()))
-
-
-def asked_params(trial: Any) -> dict[str, Any]:
-    """A trial's point: its parameters (also while an enqueued one has not suggested them yet: Optuna holds them
-    aside) and its seed, a user attribute (a parameter in studies of an earlier gansweep)."""
-    params = trial.params or trial.system_attrs.get("fixed_params", {})
-    if "seed" not in params and "seed" in trial.user_attrs:
-        params = {**params, "seed": trial.user_attrs["seed"]}
-    return params
 
 
 class TrialRunner:
