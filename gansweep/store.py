@@ -118,6 +118,8 @@ def _check_tracking(uri: str) -> None:
         return
     from mlflow import MlflowClient
 
+    from gansweep.tracking import mlflow_settings
+
     try:
         if uri.startswith(("postgresql", "mysql", "mssql")):  # MLflow tries a database for a minute and more
             import sqlalchemy
@@ -125,26 +127,11 @@ def _check_tracking(uri: str) -> None:
             waits = {"connect_timeout": FIRST_CONTACT_S} if uri.startswith(("postgresql", "mysql")) \
                 else {"timeout": FIRST_CONTACT_S}
             sqlalchemy.create_engine(uri, connect_args=waits).connect().close()
-        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(FIRST_CONTACT_S)):
+        with mlflow_settings(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(FIRST_CONTACT_S)):
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # an unknown scheme, a missing driver, a server away or refusing: the user's to fix
         first = first_line(e)
         raise StoreError(f"cannot use the MLflow tracking URI {uri}: {first}") from None
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Environment variables set while the block runs, then as they were."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class _MendingJournal(JournalFileBackend):

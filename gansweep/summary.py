@@ -5,13 +5,10 @@ the comparison table (`summary/trials.csv`) and the study's key pictures (`summa
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from optuna.trial import TrialState
 
 from gansweep.attempts import ENDINGS, RUN_AGAIN
 from gansweep.spec import StudySpec
+from gansweep.tracking import mlflow_settings
 
 __all__ = ["record_counts", "record_summary"]
 
@@ -66,7 +64,7 @@ def record_summary(client: Any, parent_id: str, study: Any, spec: StudySpec, tab
         sensitivity(table, axis, metric, colors(sorted(table["variant"].dropna().unique())),
                     out / "sensitivity.png")
         finals = {}
-        with _no_download_bars():
+        with mlflow_settings(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):  # a bar per download says nothing
             for run_id in runs["run_id"]:
                 grids = sorted(a.path for a in client.list_artifacts(run_id, "samples") if a.path.endswith(".png"))
                 if grids:
@@ -77,18 +75,3 @@ def record_summary(client: Any, parent_id: str, study: Any, spec: StudySpec, tab
         for name in ("sensitivity.png", "contact_sheet.png"):
             if (out / name).exists():
                 client.log_artifact(parent_id, str(out / name), "summary")
-
-
-@contextlib.contextmanager
-def _no_download_bars() -> Iterator[None]:
-    """MLflow draws a progress bar per download; one per trial at a study's end says nothing."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous

@@ -7,11 +7,12 @@ can hold its parent run open while each trial's child run starts and ends.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import gansweep
 from gansweep.store import store_lock
 
 __all__ = ["slug", "client_for", "experiment_id", "study_parents", "study_names", "RUN_STATUS", "end_run",
-           "git_commit", "checksum_tag", "upload_tag", "full_run_id", "run_tags", "write_later", "written"]
+           "git_commit", "checksum_tag", "upload_tag", "full_run_id", "run_tags", "write_later", "written",
+           "mlflow_settings"]
 
 # How each way a run ends shows in MLflow's own status column; the exact reason is in the gansweep.* tags.
 RUN_STATUS = {"finished": "FINISHED", "pruned": "KILLED", "collapsed": "KILLED", "interrupted": "KILLED",
@@ -188,3 +190,18 @@ def end_run(client: MlflowClient, run_id: str, status: str, reason: str) -> None
     _WRITER.submit(lambda: None).result()
     client.log_batch(run_id, tags=[RunTag("gansweep.status", status), RunTag("gansweep.reason", reason)])
     client.set_terminated(run_id, RUN_STATUS.get(status, "FAILED"))
+
+
+@contextlib.contextmanager
+def mlflow_settings(**values: str) -> Iterator[None]:
+    """MLflow's settings (environment variables it reads at each request) while the block runs, then as they were."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
