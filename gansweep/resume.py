@@ -49,21 +49,15 @@ def fetch_checkpoint(client: Any, run_id: str, name: str, directory: Path) -> tu
         tags = client.get_run(run_id).data.tags
         path = Path(client.download_artifacts(run_id, f"checkpoints/{name}", str(directory)))
     except (MlflowException, OSError) as e:
-        if _never_saved(name, tags):
+        # a gansweep run that never recorded one (since checkpoints are tagged: an older run's file is only missing)
+        if name == "last.pt" and tags.get("gansweep.role") in ("trial", "run") and CHECKPOINT_TAG not in tags \
+                and checksum_tag(name) not in tags:
             raise GansweepError(_missing(run_id, tags)) from None
-        first = first_line(e)
-        raise GansweepError(f"no {name} for run {run_id!r} ({first})") from None
+        raise GansweepError(f"no {name} for run {run_id!r} ({first_line(e)})") from None
     recorded, uploaded = tags.get(checksum_tag(name)), tags.get(upload_tag(name))
     if uploaded not in (None, recorded) and sha256(path) == uploaded:
         return path, uploaded
     return path, recorded
-
-
-def _never_saved(name: str, tags: Mapping[str, str]) -> bool:
-    """A gansweep run that never recorded a last.pt (the tag is there since checkpoints were tagged: an older
-    run's missing file is only missing)."""
-    return name == "last.pt" and tags.get("gansweep.role") in ("trial", "run") and CHECKPOINT_TAG not in tags \
-        and "gansweep.sha256.last.pt" not in tags
 
 
 def _missing(run_id: str, tags: Mapping[str, str]) -> str:
