@@ -1,7 +1,8 @@
 """Training speed, side by side in one process: images seen by D per second for the seed-style loop, a minimal
 loop with resident data, gansweep's trainer (one run) and gansweep populations (aggregate over K members: 4 on
-the CPU, 8 and 64 on CUDA), for `gan`, `dcgan` and `wgan-gp` at batch 64 on mnist-5k; on CUDA also the
-population of 64's step captured in one CUDA graph; then a small study's share of wall time outside training steps.
+the CPU, 8 and 64 on CUDA), for `gan`, `dcgan` and `wgan-gp` at batch 64 on mnist-5k; on CUDA, where the trainer
+captures its step in a CUDA graph, also one run and the largest population with the step eager; then a small
+study's share of wall time outside training steps.
 
 Every loop builds the same G and D from the variant's parts and computes the same losses and penalty; they differ
 only in what surrounds the step. Each is timed from its first step to its last (G, D and optimizers are built
@@ -34,7 +35,7 @@ from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset, load_dataset
 from gansweep.hooks import Hook
 from gansweep.mnist_wheel import write_idx
-from gansweep.population import DROPOUT_SEED_OFFSET, Population
+from gansweep import step_graph
 from gansweep.trainer import g_steps_per_epoch, resolve_device, train, train_population
 from gansweep.variants import Variant, get_variant
 
@@ -157,103 +158,29 @@ def population(variant: Variant, config: TrainConfig, data: Dataset, k: int) -> 
     return sum(r.images_seen for r in results) / _elapsed(clocks[0].start, data.train_images.device)
 
 
-def _stacked(variant: Variant, config: TrainConfig, data: Dataset, k: int
-             ) -> tuple[Population, list[torch.Generator], list[torch.Generator]]:
-    """K members (seeds 0..K-1) built as the trainer builds them, stacked, with their noise and dropout
-    generators."""
-    device = data.train_images.device
-    configs = [config.replace(seed=seed) for seed in range(k)]
-    modules = []
-    for c in configs:
-        torch.manual_seed(c.seed)
-        g, d = variant.build(c, data.record.image_shape, data.record.n_classes)
-        modules.append((g.to(device), d.to(device)))
-    stacked = Population(variant, configs, [g for g, _ in modules], [d for _, d in modules],
-                         data.record.image_shape, data.record.n_classes, device)
-    rngs = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
-    dropout_rngs = [torch.Generator(device=device).manual_seed(c.seed + DROPOUT_SEED_OFFSET) for c in configs]
-    return stacked, rngs, dropout_rngs
-
-
-def captured(variant: Variant, config: TrainConfig, data: Dataset, k: int, g_steps: int) -> tuple[float, str]:
-    """K members' step captured once in a CUDA graph and replayed, the batches' indices copied into the graph's
-    input before each replay (CUDA only): what a population would train at without launching every kernel of
-    every step from Python. Not yet the trainer's path; this measures what capturing it would give, and checks
-    that the replayed step computes what the eager one does: the same members stepped eagerly from the same
-    state on the same batches must log the same metrics. Returns images per second and that check, or 0 and
-    why the capture failed."""
-    device = data.train_images.device
-    n, per_step = len(data.train_images), config.n_critic * BATCH
-    conditional = variant.conditioning_part.conditional
-    order_rng = torch.Generator(device=device).manual_seed(1234)
-    idx = torch.zeros(k, config.n_critic, BATCH, dtype=torch.long, device=device)
-    warm, compared = 3, 10
-
-    def draw() -> Tensor:
-        return torch.stack([torch.randperm(n, device=device, generator=order_rng)[:per_step] for _ in range(k)]
-                           ).view(k, config.n_critic, BATCH)
-
-    batches = [draw() for _ in range(warm + compared)]
-
-    def step(members: Population, rngs, dropout_rngs) -> Tensor:
-        return members.step(data.train_images[idx], data.train_labels[idx] if conditional else None, rngs,
-                            dropout_rngs)
-
+def eager(loop: Callable[[], float]) -> float:
+    """`loop` with the step not captured: what the CUDA graph gains."""
+    step_graph.CAPTURE_ON_CUDA = False
     try:
-        eager, eager_rngs, eager_dropout = _stacked(variant, config, data, k)
-        expected = []
-        for batch in batches:
-            idx.copy_(batch)
-            expected.append(step(eager, eager_rngs, eager_dropout).clone())
-        members, rngs, dropout_rngs = _stacked(variant, config, data, k)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture: lazy initialisation, autograd's buffers
-            for batch in batches[:warm]:
-                idx.copy_(batch)
-                step(members, rngs, dropout_rngs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        for generator in rngs + dropout_rngs:
-            graph.register_generator_state(generator)
-        with torch.cuda.graph(graph):
-            metrics = step(members, rngs, dropout_rngs)
-        got = []
-        for batch in batches[warm:]:
-            idx.copy_(batch)
-            graph.replay()
-            got.append(metrics.clone())
-        difference = max(float((a - b).abs().max()) for a, b in zip(got, expected[warm:]))
-        check = f"replayed metrics vs eager, {compared} steps: max |difference| {difference:.3g}"
-    except Exception as e:  # a capture that fails is a finding to print, not the end of the benchmark
-        return 0.0, f"capture failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    start = time.perf_counter()
-    done = 0
-    while done < g_steps:
-        orders = torch.stack([torch.randperm(n, device=device, generator=order_rng) for _ in range(k)])
-        for first in range(0, n - per_step + 1, per_step):
-            idx.copy_(orders[:, first:first + per_step].view(k, config.n_critic, BATCH))
-            graph.replay()
-            done += 1
-            if done == g_steps:
-                break
-    return k * done * per_step / _elapsed(start, device), check
+        return loop()
+    finally:
+        step_graph.CAPTURE_ON_CUDA = True
 
 
 def study_share(device: torch.device, epochs: int) -> dict[str, float]:
     """The `lr-sensitivity` study for `gan` alone (6 trials, mnist-5k, population auto) into a temporary store:
     its wall time, and the share of it spent outside training steps (setup, scoring, sample grids, checkpoints,
     tracking), with the time the loop spent handing step metrics to MLflow. The steps are timed by wrapping
-    `Population.step` (with a device sync on CUDA), the logging by wrapping `MlflowHook.on_log`."""
+    `StepGraph.__call__` (with a device sync on CUDA), the logging by wrapping `MlflowHook.on_log`."""
     from gansweep.catalog import find_spec
     from gansweep.spec import load_spec
     from gansweep.study import StudyOptions, run_study
     from gansweep.mlflow_hook import MlflowHook
 
     spent = {"steps": 0.0, "logging": 0.0}
-    step, on_log = Population.step, MlflowHook.on_log
+    step, on_log = step_graph.StepGraph.__call__, MlflowHook.on_log
 
-    def timed_step(self: Population, *args: object) -> Tensor:
+    def timed_step(self: step_graph.StepGraph, *args: object) -> Tensor:
         start = time.perf_counter()
         out = step(self, *args)
         spent["steps"] += _elapsed(start, device)
@@ -264,7 +191,7 @@ def study_share(device: torch.device, epochs: int) -> dict[str, float]:
         on_log(self, *args)
         spent["logging"] += time.perf_counter() - start
 
-    Population.step, MlflowHook.on_log = timed_step, timed_log
+    step_graph.StepGraph.__call__, MlflowHook.on_log = timed_step, timed_log
     try:
         with tempfile.TemporaryDirectory(prefix="gansweep-bench-store-") as store:
             start = time.perf_counter()
@@ -273,7 +200,7 @@ def study_share(device: torch.device, epochs: int) -> dict[str, float]:
                                              device=device.type, store=store, progress=False))
             wall = time.perf_counter() - start
     finally:
-        Population.step, MlflowHook.on_log = step, on_log
+        step_graph.StepGraph.__call__, MlflowHook.on_log = step, on_log
     return {"trials": outcome.ran, "wall_s": round(wall, 1), "steps_s": round(spent["steps"], 1),
             "logging_s": round(spent["logging"], 2), "outside_share": round(1 - spent["steps"] / wall, 3)}
 
@@ -299,21 +226,21 @@ def measure(name: str, data: Dataset, images: torchvision.datasets.MNIST, epochs
         "gansweep": lambda: gansweep_run(variant, config, data),
         **{f"population {k}": functools.partial(population, variant, config, data, k) for k in sizes},
     }
-    capture_k = max(sizes) if data.train_images.device.type == "cuda" else None
-    best, check = dict.fromkeys(loops, 0.0), ""
+    if data.train_images.device.type == "cuda":  # the baseline of the captured step: the same loops, eager
+        loops["gansweep eager"] = functools.partial(eager, loops["gansweep"])
+        loops[f"population {max(sizes)} eager"] = functools.partial(eager, loops[f"population {max(sizes)}"])
+    best = dict.fromkeys(loops, 0.0)
     for _ in range(rounds):
         for loop, fn in loops.items():
             best[loop] = max(best[loop], fn())
-        if capture_k is not None:
-            rate, check = captured(variant, config, data, capture_k, g_steps)
-            best["captured"] = max(best.get("captured", 0.0), rate)
     row: dict[str, object] = {"images": n_images,
                               **{loop: round(best[loop], 1) for loop in ("seed_style", "minimal", "gansweep")}}
     row["ratio"] = round(row["gansweep"] / row["seed_style"], 2)
     populations = [{"k": k, "images_per_s": round(best[f"population {k}"], 1)} for k in sizes]
     row["population"] = populations[0] if len(populations) == 1 else populations
-    if capture_k is not None:
-        row["captured"] = {"k": capture_k, "images_per_s": round(best["captured"], 1), "check": check}
+    if "gansweep eager" in best:
+        largest = {"k": max(sizes), "images_per_s": round(best[f"population {max(sizes)} eager"], 1)}
+        row["eager"] = {"gansweep": round(best["gansweep eager"], 1), "population": largest}
     return row
 
 
@@ -347,7 +274,7 @@ def main() -> None:
           + ", ".join(f"{n:,} images ({name})" for name, n in n_images.items()) + "; images seen by D per second")
     print(f"{'variant':<9} {'seed-style':>11} {'minimal':>9} {'gansweep':>9} {'ratio':>6}"
           + "".join(f" {f'K={k} (all)':>12}" for k in sizes)
-          + (f" {f'K={max(sizes)} captured':>15}" if device.type == "cuda" else ""))
+          + (f" {'gansweep eager':>15} {f'K={max(sizes)} eager':>12}" if device.type == "cuda" else ""))
     report: dict[str, object] = {"device": device.type, "torch": torch.__version__, "epochs": epochs,
                                  "rounds": args.rounds}
     for name in VARIANTS:
@@ -356,9 +283,8 @@ def main() -> None:
         populations = row["population"] if isinstance(row["population"], list) else [row["population"]]
         print(f"{name:<9} {row['seed_style']:>11,.0f} {row['minimal']:>9,.0f} {row['gansweep']:>9,.0f} "
               f"{row['ratio']:>6.2f}" + "".join(f" {p['images_per_s']:>12,.0f}" for p in populations)
-              + (f" {row['captured']['images_per_s']:>15,.0f}" if "captured" in row else ""), flush=True)
-        if "captured" in row:
-            print(f"          K={row['captured']['k']} captured in a CUDA graph: {row['captured']['check']}", flush=True)
+              + (f" {row['eager']['gansweep']:>15,.0f} {row['eager']['population']['images_per_s']:>12,.0f}"
+                 if "eager" in row else ""), flush=True)
     share = study_share(device, epochs)
     report["study"] = share
     print(f"lr-sensitivity for gan ({share['trials']} trials, {epochs} epoch(s), mnist-5k): {share['wall_s']} s, of "

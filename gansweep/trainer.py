@@ -1,5 +1,6 @@
 """The one training loop, shared by every variant and every population size; the variant's parts decide what
-each step computes, `Population` computes it for all members at once.
+each step computes, `Population` computes it for all members at once, and on CUDA the step is captured once in a
+CUDA graph and replayed (`step_graph.StepGraph`).
 
 A step is: n_critic D updates (loss part + regularizer part, each on a fresh batch), then one G update. A single
 run is a population of one. Step metrics stay on the device in a small buffer and reach the host in one copy every
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gansweep import step_graph
 from gansweep.config import TrainConfig
 from gansweep.data import Dataset
 from gansweep.divergence import DivergenceCheck, first_non_finite
@@ -191,6 +193,8 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
 
     rngs = [m.state.rng for m in members]
     dropout_rngs = [m.state.dropout_rng for m in members]
+    step = step_graph.StepGraph(population, data.train_images, data.train_labels if conditional else None, rngs,
+                                dropout_rngs, capture=device.type == "cuda" and step_graph.CAPTURE_ON_CUDA)
 
     def stop(member: _Member) -> None:
         population.end(member.index)
@@ -285,8 +289,7 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
             for g_step in range(steps_per_epoch):  # every live member is at the same step
                 idx = orders[:, g_step * per_step:(g_step + 1) * per_step].reshape(
                     population.k, config.n_critic, config.batch_size)
-                labels = data.train_labels[idx] if conditional else None
-                buffer[len(pending)] = population.step(data.train_images[idx], labels, rngs, dropout_rngs)
+                buffer[len(pending)] = step(idx)
                 for member in members:
                     if member.live:
                         member.state.step += 1
