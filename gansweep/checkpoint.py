@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,13 @@ from torch import Tensor, nn
 from gansweep.atomic import atomic_path
 from gansweep.config import TrainConfig
 from gansweep.data import DataRecord
-from gansweep.divergence import first_non_finite
+from gansweep.divergence import DivergenceCheck, first_non_finite
 from gansweep.errors import GansweepError
 from gansweep.hooks import Hook, TrainState
 from gansweep.variants import Variant, get_variant
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "Checkpoint", "CheckpointHook", "sha256"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "restore", "Checkpoint", "CheckpointHook",
+           "sha256"]
 
 CHECKPOINT_FORMAT = 3  # raise when the layout below changes, so that old files are refused with a clear reason
 # format 1 lacks what resuming needs (its generator still samples); format 2 drew dropout from torch's global RNG
@@ -65,6 +66,30 @@ def save_checkpoint(state: TrainState, path: Path, resumable: bool = True) -> Pa
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
     return path
+
+
+def restore(state: TrainState, saved: dict[str, Any], hooks: Sequence[Hook], divergence: DivergenceCheck) -> None:
+    """Put a resumable checkpoint (`save_checkpoint`'s, as loaded) back into a run's state, its hooks and its
+    divergence check: after it the training loop goes on as if it had never stopped."""
+    with torch.no_grad():
+        for module, key in ((state.g, "g"), (state.d, "d")):
+            module.load_state_dict(saved[key])  # copies into the member's slice of the population
+    state.opt_g.load_state_dict(saved["opt_g"])
+    state.opt_d.load_state_dict(saved["opt_d"])
+    state.rng.set_state(saved["rng"]["loop"])
+    if "dropout" in saved["rng"]:  # older checkpoints drew dropout from torch's global RNG: start a fresh stream
+        state.dropout_rng.set_state(saved["rng"]["dropout"])
+    state.epoch, state.step, state.d_steps = saved["epoch"], saved["step"], saved["d_steps"]
+    state.images_seen, state.wall_time_s = saved["images_seen"], saved["resume"]["wall_time_s"]
+    state.scores, state.notes, state.last = (dict(saved["resume"][k]) for k in ("scores", "notes", "last"))
+    divergence.load_state_dict(saved["resume"]["divergence"])
+    saved_hooks = saved["resume"]["hooks"]
+    for hook in hooks:
+        name = type(hook).__name__  # the study's hooks were once named _OptunaReport and _CollapseStop
+        for key in (name, f"_{name}"):
+            if key in saved_hooks:
+                hook.load_state_dict(saved_hooks[key])
+                break
 
 
 @dataclass(frozen=True)

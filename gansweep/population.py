@@ -33,8 +33,7 @@ from gansweep.nets import dropout_masks, dropout_shapes
 from gansweep.optim import Adam, MemberOptimizer, RMSprop
 from gansweep.variants import Variant
 
-__all__ = ["Population", "MemberOptimizerView", "METRICS", "DROPOUT_SEED_OFFSET", "members_that_fit",
-           "VECTORIZE_ON_CPU"]
+__all__ = ["Population", "MemberOptimizerView", "METRICS", "DROPOUT_SEED_OFFSET", "VECTORIZE_ON_CPU"]
 
 METRICS = ("loss/d", "loss/g", "d/real", "d/fake", "grad_norm/d", "grad_norm/g")  # + wasserstein/estimate
 # Dropout masks come from a generator of their own, seeded with seed + this offset: above every trial seed
@@ -109,31 +108,6 @@ def _autograd_grad_and_value(objective: Callable[..., Any], has_aux: bool = Fals
 
 def _norm(grads: Tensors) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
-
-
-def members_that_fit(variant: Variant, config: TrainConfig, image_shape: tuple[int, int, int], n_classes: int,
-                     device: torch.device) -> int:
-    """How many members of `config` fit in half of the CUDA device's free memory, by a generous estimate: per
-    member, parameters with their gradients and two moments (4 copies), and every layer's output for the step's
-    batches kept for the backward pass and its gradient (a D update sees 2 batches, G's update 1; 4 copies)."""
-    g, d = variant.build(config, image_shape, n_classes)
-    outputs = [0]
-
-    def layer(name: str, module: nn.Module) -> bool:  # a leaf, or a layer whose weight is parametrized
-        return "parametrizations" not in name and (not list(module.children()) or hasattr(module, "parametrizations"))
-
-    hooks = [m.register_forward_hook(lambda _, __, out: outputs.__setitem__(0, outputs[0] + out.numel()))
-             for net in (g, d) for name, m in net.named_modules() if layer(name, m)]
-    with torch.no_grad():
-        labels = torch.zeros(2, dtype=torch.long) if variant.conditioning_part.conditional else None
-        d(g(torch.zeros(2, config.z_dim), labels), labels)
-    for hook in hooks:
-        hook.remove()
-    params = sum(p.numel() for net in (g, d) for p in net.parameters())
-    per_member = 4 * 4 * params + 4 * 4 * 3 * config.batch_size * outputs[0] // 2
-    torch.cuda.empty_cache()  # what the allocator still holds from an earlier population is free to use
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, free // 2 // per_member)
 
 
 class MemberOptimizerView:

@@ -23,28 +23,19 @@ import torch
 from torch import Tensor
 
 from gansweep import step_graph
+from gansweep.checkpoint import restore
 from gansweep.config import TrainConfig
 from gansweep.data import Dataset
 from gansweep.divergence import DivergenceCheck, first_non_finite
 from gansweep.errors import ConfigError
+from gansweep.grouping import MEMBER_FIELDS, member_key
 from gansweep.hooks import Hook, StepLog, StopTraining, TrainResult, TrainState
 from gansweep.population import DROPOUT_SEED_OFFSET, Population
 from gansweep.variants import Variant
 
-__all__ = ["train", "train_population", "resolve_device", "g_steps_per_epoch", "member_key", "FIXED_NOISE_SEED",
-           "MEMBER_FIELDS"]
+__all__ = ["train", "train_population", "resolve_device", "g_steps_per_epoch", "FIXED_NOISE_SEED"]
 
 FIXED_NOISE_SEED = 1234  # one z for the sample grids of every run, so grids compare across trials and seeds
-# What may differ between the members of one population; every other field (architecture, widths, z size,
-# n_critic, batch size, optimizer, epochs, whether D has dropout at all) shapes the shared step.
-MEMBER_FIELDS = ("lr", "lr_g", "lr_d", "betas", "dropout", "label_smoothing", "clip_value", "gp_weight",
-                 "r1_gamma", "seed", "divergence_window", "g_loss_limit", "n_samples")
-
-
-def member_key(config: TrainConfig) -> tuple[Any, ...]:
-    """Configs with equal keys can train in one population."""
-    values = config.to_dict()
-    return tuple(v for k, v in sorted(values.items()) if k not in MEMBER_FIELDS) + (config.dropout > 0,)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,29 +88,6 @@ class _Member:
     @property
     def live(self) -> bool:
         return self.result is None and self.error is None
-
-
-def _resume(state: TrainState, saved: dict[str, Any], hooks: Sequence[Hook], divergence: DivergenceCheck) -> None:
-    """Put a resumable checkpoint back: after it the loop goes on as if it had never stopped."""
-    with torch.no_grad():
-        for module, key in ((state.g, "g"), (state.d, "d")):
-            module.load_state_dict(saved[key])  # copies into the member's slice of the population
-    state.opt_g.load_state_dict(saved["opt_g"])
-    state.opt_d.load_state_dict(saved["opt_d"])
-    state.rng.set_state(saved["rng"]["loop"])
-    if "dropout" in saved["rng"]:  # older checkpoints drew dropout from torch's global RNG: start a fresh stream
-        state.dropout_rng.set_state(saved["rng"]["dropout"])
-    state.epoch, state.step, state.d_steps = saved["epoch"], saved["step"], saved["d_steps"]
-    state.images_seen, state.wall_time_s = saved["images_seen"], saved["resume"]["wall_time_s"]
-    state.scores, state.notes, state.last = (dict(saved["resume"][k]) for k in ("scores", "notes", "last"))
-    divergence.load_state_dict(saved["resume"]["divergence"])
-    saved_hooks = saved["resume"]["hooks"]
-    for hook in hooks:
-        name = type(hook).__name__  # the study's hooks were once named _OptunaReport and _CollapseStop
-        for key in (name, f"_{name}"):
-            if key in saved_hooks:
-                hook.load_state_dict(saved_hooks[key])
-                break
 
 
 def _checkpoint(member: _Member, started: float, stopped: StopTraining | None = None) -> None:
@@ -182,7 +150,7 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
                            fixed_z=_fixed_z(c).to(device), fixed_labels=fixed_labels)
         member = _Member(state, hooks[k], DivergenceCheck(c, variant.loss_part.probabilistic), k)
         if resumes[k] is not None:
-            _resume(state, resumes[k], member.hooks, member.divergence)
+            restore(state, resumes[k], member.hooks, member.divergence)
             member.stopped = resumes[k]["resume"]["stopped"]
         members.append(member)
     names = population.metric_names

@@ -21,15 +21,14 @@ import torch
 
 from gansweep.attempts import asked_params, point_key
 from gansweep.errors import GansweepError
+from gansweep.grouping import member_key, members_that_fit
 from gansweep.hooks import Hook
 from gansweep.liveness import Liveness
 from gansweep.outcomes import Outcomes, Recorded, reason, resumable
 from gansweep.peers import LIVE, Peers
-from gansweep.population import members_that_fit
 from gansweep.spec import StudySpec
 from gansweep.summary import record_counts
 from gansweep.trial_hooks import CollapseStop, OptunaReport
-from gansweep.trainer import member_key
 
 if TYPE_CHECKING:
     from gansweep.progress import StudyProgress
@@ -77,7 +76,7 @@ class TrialRunner:
             self.shown.trial_ended(ended, best)
 
     def _step_key(self, params: dict[str, Any]) -> tuple:
-        """Points with equal keys can share one step (see trainer.member_key)."""
+        """Points with equal keys can share one step (see grouping.member_key)."""
         from gansweep.variants import get_variant
 
         return params["variant"], member_key(get_variant(params["variant"]).config(**self.spec.changes(params)))

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from gansweep import population
+from gansweep import grouping, population
 from gansweep.checkpoint import CheckpointHook
 from gansweep.errors import ConfigError
 from gansweep.hooks import Hook, StopTraining
@@ -256,8 +256,6 @@ def test_the_memory_estimate_counts_parameters_and_activations(monkeypatch):
     """MLP gan with one hidden layer of 32, z 8, on 1x28x28 at batch 16: G has 8*32+32 + 2*32 + 32*784+784
     parameters and D 784*32+32 + 32+1; each member takes 16 bytes a parameter and 48 bytes an activation value
     per image (3 batches a step, 4 float32 copies); half of the free memory goes to members."""
-    import gansweep.population as population
-
     variant = get_variant("gan")
     config = variant.config(**{**TINY, "dropout": 0.3})
     params = (8 * 32 + 32 + 2 * 32 + 32 * 784 + 784) + (784 * 32 + 32 + 32 + 1)
@@ -265,7 +263,7 @@ def test_the_memory_estimate_counts_parameters_and_activations(monkeypatch):
     # Linear 784, Tanh 784; D: its label layer (the flat image, 784), Linear 32, LeakyReLU 32, Dropout 32, Linear 1
     outputs = 8 + 32 * 3 + 784 * 2 + 784 + 32 * 3 + 1
     per_member = 16 * params + 48 * config.batch_size * outputs
-    monkeypatch.setattr(population.torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(grouping.torch.cuda, "empty_cache", lambda: None)
     for free in (10 * per_member, 1000 * per_member):
-        monkeypatch.setattr(population.torch.cuda, "mem_get_info", lambda device, free=free: (free, 2 * free))
-        assert population.members_that_fit(variant, config, (1, 28, 28), 10, "cuda") == free // 2 // per_member
+        monkeypatch.setattr(grouping.torch.cuda, "mem_get_info", lambda device, free=free: (free, 2 * free))
+        assert grouping.members_that_fit(variant, config, (1, 28, 28), 10, "cuda") == free // 2 // per_member
