@@ -8,12 +8,20 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["GansweepError", "ConfigError", "UnknownNameError", "DataUnavailableError", "first_line"]
+__all__ = ["GansweepError", "ConfigError", "UnknownNameError", "DataUnavailableError", "first_line", "reason"]
 
 
 def first_line(error: BaseException) -> str:
     """What an error says, in one line: its message's first line, or its type where it says nothing."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def reason(error: BaseException) -> str:
+    """How a run that an interrupt or an unexpected error ended says why, in one line: with the error's type,
+    which says more than a bug's message alone."""
+    if isinstance(error, KeyboardInterrupt):
+        return str(error) or "interrupted by the user"
+    return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
 class GansweepError(Exception):

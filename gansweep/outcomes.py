@@ -24,7 +24,7 @@ from gansweep.liveness import GRACE_S
 from gansweep.resume import RESUMABLE_ATTR
 from gansweep.spec import StudySpec
 
-__all__ = ["Outcomes", "Recorded", "resumable", "reason"]
+__all__ = ["Outcomes", "Recorded", "resumable"]
 
 
 class Outcomes:
@@ -103,10 +103,3 @@ def resumable(trial: Any) -> None:
     only that: the point starts over."""
     with contextlib.suppress(Exception):
         trial.set_user_attr(RESUMABLE_ATTR, True)
-
-
-def reason(error: BaseException) -> str:
-    """How a trial that an interrupt or an unexpected error ended says why, in one line."""
-    if isinstance(error, KeyboardInterrupt):
-        return str(error) or "interrupted by the user"
-    return f"{type(error).__name__}: {error}".splitlines()[0]

@@ -18,13 +18,13 @@ from typing import Any
 from gansweep.checkpoint import CheckpointHook
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset
-from gansweep.errors import ConfigError
+from gansweep.errors import ConfigError, GansweepError, first_line, reason
 from gansweep.evaluation import Evaluator, ScoreHook
 from gansweep.hooks import Hook, TrainResult
 from gansweep.samples import SampleGridHook
 from gansweep.scores import SCORES, check_eval_size
 from gansweep.store import Store
-from gansweep.trainer import train_population
+from gansweep.trainer import MemberErrors, train_population
 from gansweep.variants import Variant
 
 __all__ = ["RunOutcome", "tracked_training", "tracked_population", "TrackedMember",
@@ -68,8 +68,9 @@ def tracked_population(client: Any, variant: Variant, data: Dataset, evaluator: 
                 prefix=f"{_WORK_PREFIX}{os.getpid()}-"))), evaluator, objective) for member in members]
             return train_population(variant, [m.config for m in members], data, hooks, [m.resume for m in members])
         except BaseException as e:
-            for member in members:
-                _end_if_running(client, member.run_id, e)
+            own = e.errors if isinstance(e, MemberErrors) else {}  # members whose hooks raised: their own
+            for k, member in enumerate(members):
+                _end_if_running(client, member.run_id, own.get(k, e))
             raise
 
 
@@ -110,11 +111,10 @@ def _end_if_running(client: Any, run_id: str, error: BaseException) -> None:
     try:
         if client.get_run(run_id).info.status != "RUNNING":
             return
-        reason = (str(error).strip().splitlines() or [""])[0]
         if isinstance(error, KeyboardInterrupt):
-            end_run(client, run_id, "interrupted", reason or "interrupted by the user")
-        else:
-            end_run(client, run_id, "failed", reason or type(error).__name__)
+            end_run(client, run_id, "interrupted", reason(error))
+        else:  # as the study tells Optuna
+            end_run(client, run_id, "failed", first_line(error) if isinstance(error, GansweepError) else reason(error))
     except Exception:  # the store cannot take it now (a full disk): the caller's error is what the user sees
         pass
 

@@ -27,13 +27,13 @@ from gansweep.checkpoint import restore
 from gansweep.config import TrainConfig
 from gansweep.data import Dataset
 from gansweep.divergence import DivergenceCheck, first_non_finite
-from gansweep.errors import ConfigError
+from gansweep.errors import ConfigError, first_line
 from gansweep.grouping import MEMBER_FIELDS, member_key
 from gansweep.hooks import Hook, StepLog, StopTraining, TrainResult, TrainState
 from gansweep.population import DROPOUT_SEED_OFFSET, Population
 from gansweep.variants import Variant
 
-__all__ = ["train", "train_population", "resolve_device", "g_steps_per_epoch", "FIXED_NOISE_SEED"]
+__all__ = ["train", "train_population", "MemberErrors", "resolve_device", "g_steps_per_epoch", "FIXED_NOISE_SEED"]
 
 FIXED_NOISE_SEED = 1234  # one z for the sample grids of every run, so grids compare across trials and seeds
 
@@ -70,6 +70,15 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+class MemberErrors(Exception):
+    """The hooks of several members of one population raised: each member's own error, by its index, so that
+    each run can be recorded with its own reason."""
+
+    def __init__(self, errors: dict[int, Exception]):
+        super().__init__("; ".join(f"member {k}: {first_line(e)}" for k, e in errors.items()))
+        self.errors = errors
 
 
 @dataclass
@@ -126,7 +135,8 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
     """Train one run per config together, each exactly as `train` would alone, and report how each ended.
     The configs must share `member_key`; `hooks[k]` and `resumes[k]` belong to member k. An error raised by a
     member's hook (not StopTraining) stops that member where it is, leaving its run to the caller as a failure
-    (its last checkpoint is whole); the others train on, and the first such error is raised once they end."""
+    (its last checkpoint is whole); the others train on, and once they end the error is raised (`MemberErrors`,
+    holding each one's, where several members' hooks raised)."""
     _check_members(configs, hooks, resumes)
     config = configs[0]
     device = data.train_images.device
@@ -286,9 +296,11 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
                 except Exception:  # a store gone as well: the interrupt is what ends the run, and what is raised
                     pass
         raise
-    errors = [m.error for m in members if m.error is not None]
+    errors = {m.index: m.error for m in members if m.error is not None}
+    if len(errors) == 1:
+        raise next(iter(errors.values()))
     if errors:
-        raise errors[0]
+        raise MemberErrors(errors)
     return [m.result for m in members]
 
 

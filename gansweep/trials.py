@@ -1,6 +1,6 @@
 """What every study's trials share: a trial is made ready as an MLflow child run, trained (alone or in a
-population with others of the same step), and Optuna and MLflow are told how it ended (`outcomes`). `grid.GridRunner` and
-`search.SearchRunner` decide which trials to ask for.
+population with others of the same step), and Optuna and MLflow are told how it ended (`outcomes`).
+`grid.GridRunner` and `search.SearchRunner` decide which trials to ask for.
 
 A point whose trial fails is run again, at most `retries` times in one invocation, then left failed with its
 reason, so a value that cannot work costs a few runs and a line, never an endless queue. A trial whose process
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gansweep.attempts import asked_params, point_key
-from gansweep.errors import GansweepError
+from gansweep.errors import GansweepError, reason
 from gansweep.grouping import member_key, members_that_fit
 from gansweep.hooks import Hook
 from gansweep.liveness import Liveness
-from gansweep.outcomes import Outcomes, Recorded, reason, resumable
+from gansweep.outcomes import Outcomes, Recorded, resumable
 from gansweep.peers import LIVE, Peers
 from gansweep.spec import StudySpec
 from gansweep.summary import record_counts
@@ -183,11 +183,13 @@ class TrialRunner:
 
     def _train_together(self, members: list[Member]) -> int:
         """Train the members as one population (one step for all; each its own run). Each is recorded the moment
-        it ends (`outcomes.Recorded`); an error of the population is that of every member not ended by then. A population
+        it ends (`outcomes.Recorded`); a member whose hook raised is recorded with its own error, and an error of
+        the population's step is that of every member not ended by then. A population
         that runs out of device memory hands its open members back, resumable and not counted as a failed try,
         and halves the population size for the rest of the study: the estimate (`members_that_fit`) was too
         generous. Returns how many members it handed back."""
         from gansweep.runs import tracked_population
+        from gansweep.trainer import MemberErrors
 
         def still_open() -> list[Member]:
             return [m for m in members if not m.recorded.done]
@@ -202,17 +204,29 @@ class TrialRunner:
             for m in still_open():
                 self.outcomes.end(m.trial, m.tracked.run_id, "interrupted", reason(e))
             raise
-        except GansweepError as e:
-            for m in still_open():
-                self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, str(e))
-        except BaseException as e:  # a bug, or the machine (memory, disk): recorded, then raised
-            if isinstance(e, torch.OutOfMemoryError) and len(members) > 1:
+        except BaseException as e:
+            errors = e.errors if isinstance(e, MemberErrors) else {k: e for k, m in enumerate(members)
+                                                                    if not m.recorded.done}
+            if len(members) > 1 and any(isinstance(error, torch.OutOfMemoryError) for error in errors.values()):
                 return self._hand_back(still_open(), len(members))
-            for m in still_open():
-                resumable(m.trial)  # the next attempt continues from the last checkpoint
-                self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, reason(e))
-            raise
+            self._fail_each([(members[k], error) for k, error in errors.items()])
         return 0
+
+    def _fail_each(self, errors: list[tuple[Member, BaseException]]) -> None:
+        """Record each member with its own error. gansweep's own errors (a store that refuses a run's artifact)
+        fail their trials; anything else (a bug, or the machine: memory, disk) fails its trial resumable, the next
+        attempt continuing from the last checkpoint, and the first such error is raised once all are recorded."""
+        raised = None
+        for m, error in errors:
+            if isinstance(error, GansweepError):
+                self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, str(error))
+                continue
+            resumable(m.trial)
+            self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, reason(error))
+            if raised is None:
+                raised = error
+        if raised is not None:
+            raise raised
 
     def _hand_back(self, members: list[Member], size: int) -> int:
         """Out of device memory in a population of `size`: its open members are ended to run again, resumable,

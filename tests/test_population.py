@@ -11,7 +11,7 @@ from gansweep import grouping, population
 from gansweep.checkpoint import CheckpointHook
 from gansweep.errors import ConfigError
 from gansweep.hooks import Hook, StopTraining
-from gansweep.trainer import train, train_population
+from gansweep.trainer import MemberErrors, train, train_population
 from gansweep.variants import get_variant
 
 from conftest import TINY, synthetic_dataset
@@ -198,6 +198,21 @@ def test_a_member_whose_hook_breaks_stops_there_and_the_others_finish_as_alone(t
     assert max((e for _, e in seen.metrics), default=0) == epoch  # the epochs it completed, and none after
     for k in (0, 2):
         _assert_same_run(records[k], _alone(variant, configs[k], tiny_data))
+
+
+def test_members_whose_hooks_break_differently_are_each_raised_with_their_own_error(tiny_data):
+    """Members 0 and 2 break at different events and epochs; member 1 finishes as alone, and the error raised
+    holds each broken member's own error by its index."""
+    variant, configs = _configs("gan")
+    records = [Record() for _ in configs]
+    hooks = [[BreakAt("on_log", 0), records[0]], [records[1]], [BreakAt("on_epoch_end", 2), records[2]]]
+    with pytest.raises(MemberErrors) as raised:
+        train_population(variant, configs, tiny_data, hooks, [None] * 3)
+    assert {k: str(e) for k, e in raised.value.errors.items()} == \
+        {0: "broken at on_log of epoch 0", 2: "broken at on_epoch_end of epoch 2"}
+    assert str(raised.value) == "member 0: broken at on_log of epoch 0; member 2: broken at on_epoch_end of epoch 2"
+    assert not hasattr(records[0], "result") and not hasattr(records[2], "result")
+    _assert_same_run(records[1], _alone(variant, configs[1], tiny_data))
 
 
 def test_a_single_run_whose_hook_breaks_raises_its_error(tiny_data):

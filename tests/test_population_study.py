@@ -172,6 +172,42 @@ def test_a_member_whose_hook_breaks_fails_alone_and_resumes_from_its_checkpoint(
     assert {r.info.status for r in runs} == {"FINISHED"}  # the parent too: nothing RUNNING, nothing lost
 
 
+def test_members_whose_hooks_break_differently_are_each_recorded_with_their_own_reason(tmp_path, monkeypatch):
+    """Two members' scoring breaks at epoch 2, each with another bug: each trial fails, resumable, with its own
+    reason; the third finishes; the first bug in the population's order reaches the user."""
+    from optuna.trial import TrialState
+
+    from gansweep.evaluation import ScoreHook
+    from gansweep.resume import RESUMABLE_ATTR
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra=""))
+    scored = ScoreHook.on_epoch_end
+    bugs = {3e-4: RuntimeError("a bug in scoring"), 1e-3: ValueError("another bug")}
+
+    def broken_for_two(self, state):
+        if state.config.lr in bugs and state.epoch == 2:
+            raise bugs[state.config.lr]
+        scored(self, state)
+
+    monkeypatch.setattr(ScoreHook, "on_epoch_end", broken_for_two)
+    with pytest.raises(RuntimeError, match="a bug in scoring"):
+        run_study(load_spec(tmp_path / "studies" / "tiny.toml"),
+                  StudyOptions(device="cpu", progress=False, population="3"))
+    store = resolve_store()
+    trials = {t.params["lr"]: t for t in optuna.load_study(study_name="tiny", storage=store.optuna()).get_trials()}
+    assert {lr: (t.state, t.user_attrs["status"], t.user_attrs.get("reason")) for lr, t in trials.items()} == {
+        1e-4: (TrialState.COMPLETE, "finished", "completed 2 epochs"),
+        3e-4: (TrialState.FAIL, "failed", "RuntimeError: a bug in scoring"),
+        1e-3: (TrialState.FAIL, "failed", "ValueError: another bug")}
+    assert all(trials[lr].user_attrs[RESUMABLE_ATTR] is True for lr in bugs)
+    client = MlflowClient(store.tracking_uri)
+    runs = {lr: client.get_run(t.user_attrs["mlflow_run_id"]) for lr, t in trials.items()}
+    assert {lr: r.info.status for lr, r in runs.items()} == {1e-4: "FINISHED", 3e-4: "FAILED", 1e-3: "FAILED"}
+    assert runs[1e-3].data.tags["gansweep.reason"] == "ValueError: another bug"
+
+
 def test_a_population_out_of_memory_is_handed_back_and_trained_in_halves(tmp_path, monkeypatch, capsys):
     """Device memory runs out at the first step of the population of 3 (the estimate was too generous): its
     trials are handed back without counting as failed tries, and the points train in populations of one,
