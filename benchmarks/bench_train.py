@@ -31,11 +31,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
+from gansweep import step_graph
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset, load_dataset
 from gansweep.hooks import Hook
 from gansweep.mnist_wheel import write_idx
-from gansweep import step_graph
 from gansweep.trainer import g_steps_per_epoch, resolve_device, train, train_population
 from gansweep.variants import Variant, get_variant
 
@@ -160,11 +160,11 @@ def population(variant: Variant, config: TrainConfig, data: Dataset, k: int) -> 
 
 def eager(loop: Callable[[], float]) -> float:
     """`loop` with the step not captured: what the CUDA graph gains."""
-    step_graph.CAPTURE_ON_CUDA = False
+    capture, step_graph.CAPTURE_ON_CUDA = step_graph.CAPTURE_ON_CUDA, False
     try:
         return loop()
     finally:
-        step_graph.CAPTURE_ON_CUDA = True
+        step_graph.CAPTURE_ON_CUDA = capture
 
 
 def study_share(device: torch.device, epochs: int) -> dict[str, float]:

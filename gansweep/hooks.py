@@ -1,5 +1,6 @@
 """What the training loop shows the code around it: a `Hook` is called at named events with the member's
-`TrainState`, may end its run with `StopTraining`, and sees how the run ended as a `TrainResult`. Scores, sample
+`TrainState`, may end its run with `StopTraining`, and sees how the run ended as a `TrainResult`; the
+errors of several members' hooks come back together as `MemberErrors`. Scores, sample
 grids, checkpoints, MLflow, Optuna's pruning and progress are all hooks; none of them is in the loop itself."""
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from torch import Tensor, nn
 
 from gansweep.config import TrainConfig
 from gansweep.data import DataRecord
+from gansweep.errors import first_line
 from gansweep.nets import generate
 from gansweep.population import MemberOptimizerView
 from gansweep.variants import Variant
 
-__all__ = ["Hook", "StepLog", "StopTraining", "TrainState", "TrainResult"]
+__all__ = ["Hook", "StepLog", "StopTraining", "MemberErrors", "TrainState", "TrainResult"]
 
 
 @dataclass
@@ -81,6 +83,15 @@ class StopTraining(Exception):
     def __init__(self, status: str, reason: str):
         super().__init__(f"{status}: {reason}")
         self.status, self.reason = status, reason
+
+
+class MemberErrors(Exception):
+    """The hooks of several members of one population raised: each member's own error, by its index, so that
+    each run can be recorded with its own reason."""
+
+    def __init__(self, errors: dict[int, Exception]):
+        super().__init__("; ".join(f"member {k}: {first_line(e)}" for k, e in errors.items()))
+        self.errors = errors
 
 
 class Hook:

@@ -20,11 +20,11 @@ from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset
 from gansweep.errors import ConfigError, GansweepError, first_line, reason
 from gansweep.evaluation import Evaluator, ScoreHook
-from gansweep.hooks import Hook, TrainResult
+from gansweep.hooks import Hook, MemberErrors, TrainResult
 from gansweep.samples import SampleGridHook
 from gansweep.scores import SCORES, check_eval_size
 from gansweep.store import Store
-from gansweep.trainer import MemberErrors, train_population
+from gansweep.trainer import train_population
 from gansweep.variants import Variant
 
 __all__ = ["RunOutcome", "tracked_training", "tracked_population", "TrackedMember",

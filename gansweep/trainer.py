@@ -7,7 +7,8 @@ run is a population of one. Step metrics stay on the device in a small buffer an
 `log_every` G steps, so the loop itself never waits on the device; divergence is judged on that copy
 (`DivergenceCheck`, per member) and on G's and D's weights once per epoch. Members end one by one (diverged,
 pruned, ...): an ended member is no longer updated and its run is closed while the others go on; so is a member
-whose hook raised an error, which `train_population` raises once the others are done. Everything around the loop
+whose hook raised an error, which `train_population` raises once the others are done (`MemberErrors`, each
+member's own, where several did). Everything around the loop
 (tracking, pruning, progress, sample grids, checkpoints) is a `Hook` (hooks.py), one set per member; this module
 imports neither mlflow nor optuna.
 """
@@ -27,13 +28,13 @@ from gansweep.checkpoint import restore
 from gansweep.config import TrainConfig
 from gansweep.data import Dataset
 from gansweep.divergence import DivergenceCheck, first_non_finite
-from gansweep.errors import ConfigError, first_line
+from gansweep.errors import ConfigError
 from gansweep.grouping import MEMBER_FIELDS, member_key
-from gansweep.hooks import Hook, StepLog, StopTraining, TrainResult, TrainState
+from gansweep.hooks import Hook, MemberErrors, StepLog, StopTraining, TrainResult, TrainState
 from gansweep.population import DROPOUT_SEED_OFFSET, Population
 from gansweep.variants import Variant
 
-__all__ = ["train", "train_population", "MemberErrors", "resolve_device", "g_steps_per_epoch", "FIXED_NOISE_SEED"]
+__all__ = ["train", "train_population", "resolve_device", "g_steps_per_epoch", "FIXED_NOISE_SEED"]
 
 FIXED_NOISE_SEED = 1234  # one z for the sample grids of every run, so grids compare across trials and seeds
 
@@ -70,15 +71,6 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
-
-
-class MemberErrors(Exception):
-    """The hooks of several members of one population raised: each member's own error, by its index, so that
-    each run can be recorded with its own reason."""
-
-    def __init__(self, errors: dict[int, Exception]):
-        super().__init__("; ".join(f"member {k}: {first_line(e)}" for k, e in errors.items()))
-        self.errors = errors
 
 
 @dataclass
@@ -172,7 +164,7 @@ def train_population(variant: Variant, configs: Sequence[TrainConfig], data: Dat
     rngs = [m.state.rng for m in members]
     dropout_rngs = [m.state.dropout_rng for m in members]
     step = step_graph.StepGraph(population, data.train_images, data.train_labels if conditional else None, rngs,
-                                dropout_rngs, capture=device.type == "cuda" and step_graph.CAPTURE_ON_CUDA)
+                                dropout_rngs, capture=step_graph.captures(device))
 
     def stop(member: _Member) -> None:
         population.end(member.index)

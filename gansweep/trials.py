@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gansweep.attempts import asked_params, point_key
-from gansweep.errors import GansweepError, reason
+from gansweep.errors import GansweepError, first_line, reason
 from gansweep.grouping import member_key, members_that_fit
 from gansweep.hooks import Hook
 from gansweep.liveness import Liveness
@@ -184,12 +184,11 @@ class TrialRunner:
     def _train_together(self, members: list[Member]) -> int:
         """Train the members as one population (one step for all; each its own run). Each is recorded the moment
         it ends (`outcomes.Recorded`); a member whose hook raised is recorded with its own error, and an error of
-        the population's step is that of every member not ended by then. A population
-        that runs out of device memory hands its open members back, resumable and not counted as a failed try,
-        and halves the population size for the rest of the study: the estimate (`members_that_fit`) was too
-        generous. Returns how many members it handed back."""
+        the population's step is that of every member not ended by then. Members out of device memory are handed
+        back, resumable and not counted as a failed try, and the population size is halved for the rest of the
+        study: the estimate (`members_that_fit`) was too generous. Returns how many members it handed back."""
         from gansweep.runs import tracked_population
-        from gansweep.trainer import MemberErrors
+        from gansweep.hooks import MemberErrors
 
         def still_open() -> list[Member]:
             return [m for m in members if not m.recorded.done]
@@ -205,11 +204,17 @@ class TrialRunner:
                 self.outcomes.end(m.trial, m.tracked.run_id, "interrupted", reason(e))
             raise
         except BaseException as e:
-            errors = e.errors if isinstance(e, MemberErrors) else {k: e for k, m in enumerate(members)
-                                                                    if not m.recorded.done}
-            if len(members) > 1 and any(isinstance(error, torch.OutOfMemoryError) for error in errors.values()):
-                return self._hand_back(still_open(), len(members))
-            self._fail_each([(members[k], error) for k, error in errors.items()])
+            errors = [(m, e.errors.get(k, e) if isinstance(e, MemberErrors) else e)
+                      for k, m in enumerate(members) if not m.recorded.done]
+
+            def out_of_memory(error: BaseException) -> bool:
+                return len(members) > 1 and isinstance(error, torch.OutOfMemoryError)
+
+            handed = [m for m, error in errors if out_of_memory(error)]
+            if handed:
+                self._hand_back(handed, len(members))
+            self._fail_each([(m, error) for m, error in errors if not out_of_memory(error)])
+            return len(handed)
         return 0
 
     def _fail_each(self, errors: list[tuple[Member, BaseException]]) -> None:
@@ -219,7 +224,7 @@ class TrialRunner:
         raised = None
         for m, error in errors:
             if isinstance(error, GansweepError):
-                self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, str(error))
+                self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, first_line(error))
                 continue
             resumable(m.trial)
             self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, reason(error))
@@ -228,9 +233,9 @@ class TrialRunner:
         if raised is not None:
             raise raised
 
-    def _hand_back(self, members: list[Member], size: int) -> int:
-        """Out of device memory in a population of `size`: its open members are ended to run again, resumable,
-        in populations of at most half the size."""
+    def _hand_back(self, members: list[Member], size: int) -> None:
+        """Members out of device memory in a population of `size` are ended to run again, resumable, in
+        populations of at most half the size."""
         self.population = max(1, size // 2)
         for m in members:
             resumable(m.trial)
@@ -241,7 +246,6 @@ class TrialRunner:
         if self.progress:
             print(f"out of memory training {size} trials together: {len(members)} handed back, to train "
                   f"in populations of at most {self.population}", file=sys.stderr)
-        return len(members)
 
 
 @dataclass(frozen=True)

@@ -55,20 +55,31 @@ def test_a_captured_step_trains_what_the_eager_step_trains(monkeypatch, tiny_dat
         torch.set_default_dtype(torch.float64)
         tiny_data = dataclasses.replace(tiny_data, train_images=tiny_data.train_images.double(),
                                         test_images=tiny_data.test_images.double())
+    replay, replays = torch.cuda.CUDAGraph.replay, []
+
+    def counted(graph: torch.cuda.CUDAGraph) -> None:
+        replays.append(graph)
+        replay(graph)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counted)
     try:
         data = _on_cuda(tiny_data)
         variant, configs = _configs(name, device="cuda")
+        if configs[0].n_critic > 1:  # one G step an epoch: enough epochs for several replays of each graph
+            configs = [c.replace(epochs=12) for c in configs]
 
-        def trained(capture: bool) -> tuple[list[Record], Record]:
+        def trained(capture: bool) -> tuple[list[Record], Record, int]:
             monkeypatch.setattr(step_graph, "CAPTURE_ON_CUDA", capture)
+            replays.clear()
             records = [Record() for _ in configs]
             hooks = [[records[0]], [StopAt(configs[1].epochs // 2), records[1]], [records[2]]]
             train_population(variant, configs, data, hooks, [None] * len(configs))
-            return records, _alone(variant, configs[0], data)
+            return records, _alone(variant, configs[0], data), len(replays)
 
-        (captured, captured_alone), (eager, eager_alone) = trained(True), trained(False)
+        (captured, captured_alone, replayed), (eager, eager_alone, none) = trained(True), trained(False)
     finally:
         torch.set_default_dtype(torch.float32)
+    assert replayed > 0 and none == 0  # the captured runs replayed graphs; the eager ones did not
     assert [r.result.status for r in captured] == ["finished", "pruned", "finished"]
     for a, b in zip([*captured, captured_alone], [*eager, eager_alone]):
         if not exact:

@@ -10,8 +10,8 @@ import torch
 from gansweep import grouping, population
 from gansweep.checkpoint import CheckpointHook
 from gansweep.errors import ConfigError
-from gansweep.hooks import Hook, StopTraining
-from gansweep.trainer import MemberErrors, train, train_population
+from gansweep.hooks import Hook, MemberErrors, StopTraining
+from gansweep.trainer import train, train_population
 from gansweep.variants import get_variant
 
 from conftest import TINY, synthetic_dataset

@@ -172,9 +172,11 @@ def test_a_member_whose_hook_breaks_fails_alone_and_resumes_from_its_checkpoint(
     assert {r.info.status for r in runs} == {"FINISHED"}  # the parent too: nothing RUNNING, nothing lost
 
 
-def test_members_whose_hooks_break_differently_are_each_recorded_with_their_own_reason(tmp_path, monkeypatch):
-    """Two members' scoring breaks at epoch 2, each with another bug: each trial fails, resumable, with its own
-    reason; the third finishes; the first bug in the population's order reaches the user."""
+@pytest.mark.parametrize("other", ["bug", "out of memory"])
+def test_members_whose_hooks_break_differently_are_each_recorded_with_their_own_reason(tmp_path, monkeypatch, other):
+    """Two members' scoring breaks at epoch 2, each with its own error, and the third finishes. A bug fails its
+    trial, resumable, with its own reason, and the first bug in the population's order reaches the user; a
+    member out of device memory beside it is handed back as a population's would be, not failed with the bug."""
     from optuna.trial import TrialState
 
     from gansweep.evaluation import ScoreHook
@@ -184,7 +186,8 @@ def test_members_whose_hooks_break_differently_are_each_recorded_with_their_own_
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "tiny.toml").write_text(TINY_STUDY.format(extra=""))
     scored = ScoreHook.on_epoch_end
-    bugs = {3e-4: RuntimeError("a bug in scoring"), 1e-3: ValueError("another bug")}
+    bugs = {3e-4: RuntimeError("a bug in scoring"),
+            1e-3: ValueError("another bug") if other == "bug" else torch.OutOfMemoryError("CUDA out of memory")}
 
     def broken_for_two(self, state):
         if state.config.lr in bugs and state.epoch == 2:
@@ -197,15 +200,19 @@ def test_members_whose_hooks_break_differently_are_each_recorded_with_their_own_
                   StudyOptions(device="cpu", progress=False, population="3"))
     store = resolve_store()
     trials = {t.params["lr"]: t for t in optuna.load_study(study_name="tiny", storage=store.optuna()).get_trials()}
+    second = ("ValueError: another bug" if other == "bug"
+              else "out of memory in a population of 3; run again in populations of at most 1")
     assert {lr: (t.state, t.user_attrs["status"], t.user_attrs.get("reason")) for lr, t in trials.items()} == {
         1e-4: (TrialState.COMPLETE, "finished", "completed 2 epochs"),
         3e-4: (TrialState.FAIL, "failed", "RuntimeError: a bug in scoring"),
-        1e-3: (TrialState.FAIL, "failed", "ValueError: another bug")}
+        1e-3: (TrialState.FAIL, "failed", second)}
     assert all(trials[lr].user_attrs[RESUMABLE_ATTR] is True for lr in bugs)
     client = MlflowClient(store.tracking_uri)
     runs = {lr: client.get_run(t.user_attrs["mlflow_run_id"]) for lr, t in trials.items()}
     assert {lr: r.info.status for lr, r in runs.items()} == {1e-4: "FINISHED", 3e-4: "FAILED", 1e-3: "FAILED"}
-    assert runs[1e-3].data.tags["gansweep.reason"] == "ValueError: another bug"
+    assert runs[3e-4].data.tags["gansweep.reason"] == "RuntimeError: a bug in scoring"
+    if other == "bug":
+        assert runs[1e-3].data.tags["gansweep.reason"] == "ValueError: another bug"
 
 
 def test_a_population_out_of_memory_is_handed_back_and_trained_in_halves(tmp_path, monkeypatch, capsys):
