@@ -13,13 +13,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from gansweep import step_graph
-from gansweep.checkpoint import CheckpointHook
 from gansweep.spec import load_spec
 from gansweep.store import resolve_store
 from gansweep.study import StudyOptions, run_study
 from gansweep.trainer import train_population
 
-from test_population import MEMBERS, InterruptAt, Record, StopAt, _alone, _assert_same_run, _configs
+from test_population import (MEMBERS, Record, StopAt, _alone, _assert_same_run, _configs,
+                             interrupted_and_resumed)
 from test_study import TINY_STUDY
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -109,18 +109,7 @@ def test_an_interrupted_population_on_cuda_resumes_from_its_members_checkpoints(
     tolerance: the resumed run takes its first steps after the checkpoint eagerly, before capturing, where the
     whole run replayed them, and a convolutional step rounds differently in the two (`BIT_FOR_BIT`)."""
     variant, configs = _configs("wgan-gp", device="cuda")
-    whole = [Record() for _ in configs]
-    train_population(variant, configs, cuda_data, [[r] for r in whole], [None] * 3)
-    steps_per_epoch = whole[0].result.steps // configs[0].epochs
-    folders = [tmp_path / f"member{k}" for k in range(3)]
-    hooks = [[CheckpointHook(folder, "loss", True)] for folder in folders]
-    hooks[0].append(InterruptAt(2 * steps_per_epoch + 1))
-    with pytest.raises(KeyboardInterrupt):
-        train_population(variant, configs, cuda_data, hooks, [None] * 3)
-    saved = [torch.load(folder / "last.pt", weights_only=True) for folder in folders]
-    assert [s["epoch"] for s in saved] == [2, 2, 2]
-    resumed = [Record() for _ in configs]
-    train_population(variant, configs, cuda_data, [[r] for r in resumed], saved)
+    whole, resumed, _, steps_per_epoch = interrupted_and_resumed(tmp_path, variant, configs, cuda_data)
     for r, w in zip(resumed, whole):
         assert r.result.steps == w.result.steps
         assert r.metrics.keys() == {key for key in w.metrics if key[1] > 2 * steps_per_epoch}

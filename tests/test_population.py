@@ -240,27 +240,34 @@ class InterruptAt(Hook):
             raise KeyboardInterrupt
 
 
+def interrupted_and_resumed(tmp_path, variant, configs, data) -> tuple[list[Record], list[Record], list[dict], int]:
+    """The population trained whole; then trained again with checkpoints, interrupted in epoch 3 and resumed
+    from its members' epoch-2 checkpoints. Returns the whole run's records, the resumed run's, the checkpoints
+    and the G steps of an epoch."""
+    whole = [Record() for _ in configs]
+    train_population(variant, configs, data, [[r] for r in whole], [None] * len(configs))
+    steps_per_epoch = whole[0].result.steps // configs[0].epochs
+    folders = [tmp_path / f"member{k}" for k in range(len(configs))]
+    hooks = [[CheckpointHook(folder, "loss", True)] for folder in folders]
+    hooks[0].append(InterruptAt(2 * steps_per_epoch + 1))
+    with pytest.raises(KeyboardInterrupt):
+        train_population(variant, configs, data, hooks, [None] * len(configs))
+    saved = [torch.load(folder / "last.pt", weights_only=True) for folder in folders]
+    assert [s["epoch"] for s in saved] == [2] * len(configs)
+    resumed = [Record() for _ in configs]
+    train_population(variant, configs, data, [[r] for r in resumed], saved)
+    return whole, resumed, saved, steps_per_epoch
+
+
 def test_an_interrupted_population_resumes_from_its_members_checkpoints_as_if_never_stopped(tmp_path, tiny_data):
     """Each member leaves its own checkpoint, holding only its own tensors (not the population's stack); the
     three resumed together go on exactly as the population never stopped."""
     variant, configs = _configs("wgan-gp")
-    whole = [Record() for _ in configs]
-    train_population(variant, configs, tiny_data, [[r] for r in whole], [None] * 3)
-    steps_per_epoch = whole[0].result.steps // configs[0].epochs
-
-    folders = [tmp_path / f"member{k}" for k in range(3)]
-    hooks = [[CheckpointHook(folder, "loss", True)] for folder in folders]
-    hooks[0].append(InterruptAt(2 * steps_per_epoch + 1))
-    with pytest.raises(KeyboardInterrupt):
-        train_population(variant, configs, tiny_data, hooks, [None] * 3)
-    saved = [torch.load(folder / "last.pt", weights_only=True) for folder in folders]
-    assert [s["epoch"] for s in saved] == [2, 2, 2]
+    whole, resumed, saved, steps_per_epoch = interrupted_and_resumed(tmp_path, variant, configs, tiny_data)
     for s, config in zip(saved, configs):
         weight = next(iter(s["g"].values()))
         assert weight.untyped_storage().nbytes() == weight.numel() * weight.element_size()
         assert s["config"]["seed"] == config.seed
-    resumed = [Record() for _ in configs]
-    train_population(variant, configs, tiny_data, [[r] for r in resumed], saved)
     for r, w in zip(resumed, whole):
         assert r.result.steps == w.result.steps
         assert all(torch.equal(r.weights[k], w.weights[k]) for k in w.weights)
