@@ -8,7 +8,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["GansweepError", "ConfigError", "UnknownNameError", "DataUnavailableError", "first_line", "reason"]
+__all__ = ["GansweepError", "ConfigError", "UnknownNameError", "DataUnavailableError", "first_line", "reason",
+           "failure_reason"]
 
 
 def first_line(error: BaseException) -> str:
@@ -22,6 +23,12 @@ def reason(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return str(error) or "interrupted by the user"
     return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a run that an error ended failed, in one line: gansweep's own errors say it themselves; anything else
+    names its type (`reason`)."""
+    return first_line(error) if isinstance(error, GansweepError) else reason(error)
 
 
 class GansweepError(Exception):

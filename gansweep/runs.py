@@ -18,7 +18,7 @@ from typing import Any
 from gansweep.checkpoint import CheckpointHook
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset
-from gansweep.errors import ConfigError, GansweepError, first_line, reason
+from gansweep.errors import ConfigError, failure_reason, reason
 from gansweep.evaluation import Evaluator, ScoreHook
 from gansweep.hooks import Hook, MemberErrors, TrainResult
 from gansweep.samples import SampleGridHook
@@ -114,7 +114,7 @@ def _end_if_running(client: Any, run_id: str, error: BaseException) -> None:
         if isinstance(error, KeyboardInterrupt):
             end_run(client, run_id, "interrupted", reason(error))
         else:  # as the study tells Optuna
-            end_run(client, run_id, "failed", first_line(error) if isinstance(error, GansweepError) else reason(error))
+            end_run(client, run_id, "failed", failure_reason(error))
     except Exception:  # the store cannot take it now (a full disk): the caller's error is what the user sees
         pass
 

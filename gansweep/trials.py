@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gansweep.attempts import asked_params, point_key
-from gansweep.errors import GansweepError, first_line, reason
+from gansweep.errors import GansweepError, failure_reason, reason
 from gansweep.grouping import member_key, members_that_fit
-from gansweep.hooks import Hook
+from gansweep.hooks import Hook, MemberErrors
 from gansweep.liveness import Liveness
 from gansweep.outcomes import Outcomes, Recorded, resumable
 from gansweep.peers import LIVE, Peers
@@ -188,7 +188,6 @@ class TrialRunner:
         back, resumable and not counted as a failed try, and the population size is halved for the rest of the
         study: the estimate (`members_that_fit`) was too generous. Returns how many members it handed back."""
         from gansweep.runs import tracked_population
-        from gansweep.hooks import MemberErrors
 
         def still_open() -> list[Member]:
             return [m for m in members if not m.recorded.done]
@@ -204,8 +203,8 @@ class TrialRunner:
                 self.outcomes.end(m.trial, m.tracked.run_id, "interrupted", reason(e))
             raise
         except BaseException as e:
-            errors = [(m, e.errors.get(k, e) if isinstance(e, MemberErrors) else e)
-                      for k, m in enumerate(members) if not m.recorded.done]
+            own = e.errors if isinstance(e, MemberErrors) else {}  # members whose hooks raised: their own
+            errors = [(m, own.get(k, e)) for k, m in enumerate(members) if not m.recorded.done]
 
             def out_of_memory(error: BaseException) -> bool:
                 return len(members) > 1 and isinstance(error, torch.OutOfMemoryError)
@@ -223,13 +222,11 @@ class TrialRunner:
         attempt continuing from the last checkpoint, and the first such error is raised once all are recorded."""
         raised = None
         for m, error in errors:
-            if isinstance(error, GansweepError):
-                self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, first_line(error))
-                continue
-            resumable(m.trial)
-            self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, reason(error))
-            if raised is None:
-                raised = error
+            if not isinstance(error, GansweepError):
+                resumable(m.trial)
+                if raised is None:
+                    raised = error
+            self.outcomes.fail(m.trial, m.tracked.run_id, m.key, m.what, failure_reason(error))
         if raised is not None:
             raise raised
 
