@@ -1,8 +1,9 @@
 """Training speed, side by side in one process: images seen by D per second for the seed-style loop, a minimal
 loop with resident data, gansweep's trainer (one run) and gansweep populations (aggregate over K members: 4 on
 the CPU, 8 and 64 on CUDA), for `gan`, `dcgan` and `wgan-gp` at batch 64 on mnist-5k; on CUDA, where the trainer
-captures its step in a CUDA graph, also one run and the largest population with the step eager; then a small
-study's share of wall time outside training steps.
+captures its step in a CUDA graph, also one run and the largest population with the step eager, and both
+captured from their first copy of step metrics on (`steady`: past the warm-up steps and the capture, which a run
+pays once); then a small study's share of wall time outside training steps.
 
 Every loop builds the same G and D from the variant's parts and computes the same losses and penalty; they differ
 only in what surrounds the step. Each is timed from its first step to its last (G, D and optimizers are built
@@ -34,7 +35,7 @@ from torchvision import transforms
 from gansweep import step_graph
 from gansweep.config import DataConfig, TrainConfig
 from gansweep.data import Dataset, load_dataset
-from gansweep.hooks import Hook
+from gansweep.hooks import Hook, TrainResult, TrainState
 from gansweep.mnist_wheel import write_idx
 from gansweep.trainer import g_steps_per_epoch, resolve_device, train, train_population
 from gansweep.variants import Variant, get_variant
@@ -136,29 +137,47 @@ def minimal(variant: Variant, config: TrainConfig, data: Dataset, g_steps: int) 
 
 
 class _Clock(Hook):
-    """When the loop starts: the other loops, too, build G, D and their optimizers before their clock starts."""
+    """When the loop starts (the other loops, too, build G, D and their optimizers before their clock starts), and
+    where it stands at the first copy of step metrics to the host, `log_every` G steps in: on CUDA, past the
+    eager warm-up steps and the capture, which a run pays once."""
 
-    def on_start(self, state: object) -> None:
-        self.start = time.perf_counter()
+    def on_start(self, state: TrainState) -> None:
+        self.start, self.settled = time.perf_counter(), None
+
+    def on_log(self, state: TrainState, log: object) -> None:
+        if self.settled is None:  # the copy has synced with the device
+            self.settled = (time.perf_counter(), state.images_seen)
 
 
-def gansweep_run(variant: Variant, config: TrainConfig, data: Dataset) -> float:
+Rates = tuple[float, float | None]  # images per second over the whole loop, and from the first metrics on
+
+
+def _rates(clocks: list[_Clock], results: list[TrainResult], device: torch.device) -> Rates:
+    """All members' images per second, from the first step and from the first copy of step metrics (None where
+    that copy came at the end)."""
+    end, images = clocks[0].start + _elapsed(clocks[0].start, device), sum(r.images_seen for r in results)
+    whole = images / (end - clocks[0].start)
+    if clocks[0].settled is None or images == sum(c.settled[1] for c in clocks):
+        return whole, None
+    return whole, (images - sum(c.settled[1] for c in clocks)) / (end - clocks[0].settled[0])
+
+
+def gansweep_run(variant: Variant, config: TrainConfig, data: Dataset) -> Rates:
     """gansweep's trainer, one run, no hooks but the clock."""
     clock = _Clock()
-    result = train(variant, config, data, [clock])
-    return result.images_seen / _elapsed(clock.start, data.train_images.device)
+    return _rates([clock], [train(variant, config, data, [clock])], data.train_images.device)
 
 
-def population(variant: Variant, config: TrainConfig, data: Dataset, k: int) -> float:
+def population(variant: Variant, config: TrainConfig, data: Dataset, k: int) -> Rates:
     """K members (seeds 0..K-1) in one population, no hooks but the clock; images seen by all members per
     second."""
     configs = [config.replace(seed=seed) for seed in range(k)]
     clocks = [_Clock() for _ in configs]
     results = train_population(variant, configs, data, [[c] for c in clocks], [None] * k)
-    return sum(r.images_seen for r in results) / _elapsed(clocks[0].start, data.train_images.device)
+    return _rates(clocks, results, data.train_images.device)
 
 
-def eager(loop: Callable[[], float]) -> float:
+def eager(loop: Callable[[], Rates]) -> Rates:
     """`loop` with the step not captured: what the CUDA graph gains."""
     capture, step_graph.CAPTURE_ON_CUDA = step_graph.CAPTURE_ON_CUDA, False
     try:
@@ -220,28 +239,40 @@ def measure(name: str, data: Dataset, images: torchvision.datasets.MNIST, epochs
     variant = get_variant(name)
     config = variant.config(epochs=epochs, batch_size=BATCH, device=data.train_images.device.type)
     g_steps = g_steps_per_epoch(config, n_images) * epochs
-    loops: dict[str, Callable[[], float]] = {
-        "seed_style": lambda: seed_style(variant, config, data, images, g_steps),
-        "minimal": lambda: minimal(variant, config, data, g_steps),
+    loops: dict[str, Callable[[], Rates]] = {
+        "seed_style": lambda: (seed_style(variant, config, data, images, g_steps), None),
+        "minimal": lambda: (minimal(variant, config, data, g_steps), None),
         "gansweep": lambda: gansweep_run(variant, config, data),
         **{f"population {k}": functools.partial(population, variant, config, data, k) for k in sizes},
     }
-    if data.train_images.device.type == "cuda":  # the baseline of the captured step: the same loops, eager
+    cuda = data.train_images.device.type == "cuda"
+    if cuda:  # the baseline of the captured step: the same loops, eager
         loops["gansweep eager"] = functools.partial(eager, loops["gansweep"])
         loops[f"population {max(sizes)} eager"] = functools.partial(eager, loops[f"population {max(sizes)}"])
     best = dict.fromkeys(loops, 0.0)
+    steady: dict[str, float | None] = dict.fromkeys(loops)
     for _ in range(rounds):
         for loop, fn in loops.items():
-            best[loop] = max(best[loop], fn())
+            whole, settled = fn()
+            best[loop] = max(best[loop], whole)
+            if settled is not None:
+                steady[loop] = round(max(steady[loop] or 0.0, settled), 1)
     row: dict[str, object] = {"images": n_images,
                               **{loop: round(best[loop], 1) for loop in ("seed_style", "minimal", "gansweep")}}
     row["ratio"] = round(row["gansweep"] / row["seed_style"], 2)
     populations = [{"k": k, "images_per_s": round(best[f"population {k}"], 1)} for k in sizes]
     row["population"] = populations[0] if len(populations) == 1 else populations
-    if "gansweep eager" in best:
-        largest = {"k": max(sizes), "images_per_s": round(best[f"population {max(sizes)} eager"], 1)}
-        row["eager"] = {"gansweep": round(best["gansweep eager"], 1), "population": largest}
+    if cuda:
+        largest = f"population {max(sizes)}"
+        row["eager"] = {"gansweep": round(best["gansweep eager"], 1),
+                        "population": {"k": max(sizes), "images_per_s": round(best[f"{largest} eager"], 1)}}
+        row["steady"] = {"gansweep": steady["gansweep"],
+                         "population": {"k": max(sizes), "images_per_s": steady[largest]}}
     return row
+
+
+def _figure(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:,.0f}"
 
 
 def _rounds(text: str) -> int:
@@ -274,7 +305,8 @@ def main() -> None:
           + ", ".join(f"{n:,} images ({name})" for name, n in n_images.items()) + "; images seen by D per second")
     print(f"{'variant':<9} {'seed-style':>11} {'minimal':>9} {'gansweep':>9} {'ratio':>6}"
           + "".join(f" {f'K={k} (all)':>12}" for k in sizes)
-          + (f" {'gansweep eager':>15} {f'K={max(sizes)} eager':>12}" if device.type == "cuda" else ""))
+          + (f" {'gansweep eager':>15} {f'K={max(sizes)} eager':>12} {'gansweep steady':>16}"
+             f" {f'K={max(sizes)} steady':>13}" if device.type == "cuda" else ""))
     report: dict[str, object] = {"device": device.type, "torch": torch.__version__, "epochs": epochs,
                                  "rounds": args.rounds}
     for name in VARIANTS:
@@ -284,6 +316,7 @@ def main() -> None:
         print(f"{name:<9} {row['seed_style']:>11,.0f} {row['minimal']:>9,.0f} {row['gansweep']:>9,.0f} "
               f"{row['ratio']:>6.2f}" + "".join(f" {p['images_per_s']:>12,.0f}" for p in populations)
               + (f" {row['eager']['gansweep']:>15,.0f} {row['eager']['population']['images_per_s']:>12,.0f}"
+                 f" {_figure(row['steady']['gansweep']):>16} {_figure(row['steady']['population']['images_per_s']):>13}"
                  if "eager" in row else ""), flush=True)
     share = study_share(device, epochs)
     report["study"] = share
