@@ -350,13 +350,12 @@ def test_the_mlflow_ui_shows_the_study_in_a_real_browser(in_store, tmp_path):
     import sys
     import urllib.request
 
-    from selenium.webdriver.common.by import By
-
     from gansweep.run_table import experiment_url, view_key
 
     browser, reason = _browser()
     if browser is None:
         pytest.skip(reason)
+    from selenium.webdriver.common.by import By  # after the skip: without selenium the test says why
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -520,9 +519,9 @@ print(repr([sorted(report.scores.items()), sorted(report.test.items()), sorted(r
 
 
 def test_scores_are_bit_identical_across_thread_counts(in_store):
-    """The same checkpoint scored with 1, 2 and 3 threads, each in its own process, gives the same bits on both
+    """The same checkpoint scored with 1, 2, 4 and 8 threads, each in its own process, gives the same bits on both
     slices and in the standard errors, and they are the bits the run logged during training: scores do not depend
-    on how a machine splits its sums."""
+    on how a machine splits its sums (test_metrics holds FID's eigenvalues to that on larger matrices)."""
     import ast
     import subprocess
     import sys
@@ -531,8 +530,8 @@ def test_scores_are_bit_identical_across_thread_counts(in_store):
     run = client.get_run(find_runs(client, study="small")[0][0].info.run_id)
     outputs = [subprocess.run([sys.executable, "-c", THREADED_EVALUATION, str(k), run.info.run_id,
                                client.tracking_uri], capture_output=True, text=True, check=True).stdout
-               for k in (1, 2, 3)]
-    assert outputs[0] == outputs[1] == outputs[2]
+               for k in (1, 2, 4, 8)]
+    assert all(output == outputs[0] for output in outputs[1:]), outputs
     scores, test, _ = (dict(part) for part in ast.literal_eval(outputs[0]))
     for name in ("fid_proxy", "kid_proxy", "precision"):
         assert scores[name] == run.data.metrics[f"score/{name}"] and test[name] == run.data.metrics[f"test/{name}"]

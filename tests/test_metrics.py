@@ -40,6 +40,24 @@ def test_frechet_distance_of_two_known_gaussians():
     assert frechet_distance(a, b) == pytest.approx(2.0, rel=1e-6)
 
 
+def test_frechet_distance_has_the_same_bits_on_any_thread_count_and_leaves_the_count_as_it_was():
+    """LAPACK's eigenvalue routine rounds differently with 4 or more threads than with 1 on this project's CPU;
+    the distance must not, and the caller's thread count must come back."""
+    generator = torch.Generator().manual_seed(0)
+    a = gaussian_stats(torch.randn(500, 128, generator=generator))
+    b = gaussian_stats(torch.randn(500, 128, generator=generator) * 1.2 + 0.1)
+    threads = torch.get_num_threads()
+    try:
+        distances = []
+        for k in (1, 2, 3, 4, 8, 16):
+            torch.set_num_threads(k)
+            distances.append(frechet_distance(a, b))
+            assert torch.get_num_threads() == k
+        assert len(set(distances)) == 1, distances
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_frechet_distance_with_correlated_covariances():
     """S_a = [[2, 1], [1, 2]] (eigenvalues 3, 1), S_b = I, means 3 apart: 9 + 4 + 2 - 2 (sqrt 3 + 1)."""
     a = stats([0.0, 0.0], [[2.0, 1.0], [1.0, 2.0]])
