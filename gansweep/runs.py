@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,13 @@ class TrackedMember:
 def tracked_population(client: Any, variant: Variant, data: Dataset, evaluator: Evaluator, objective: str,
                        members: Sequence[TrackedMember]) -> list[TrainResult]:
     """`tracked_training` for runs trained together as one population: each member gets the standard hooks
-    and its own temporary folder, exactly as it would alone."""
+    and its own temporary folder, exactly as it would alone; every other temporary file of the process goes
+    into a folder of the population's meanwhile."""
     _remove_dead_work_dirs()
     with contextlib.ExitStack() as folders:
         try:
-            hooks = [_standard_hooks(client, member, Path(folders.enter_context(tempfile.TemporaryDirectory(
-                prefix=f"{_WORK_PREFIX}{os.getpid()}-"))), evaluator, objective) for member in members]
+            folders.enter_context(_temporary_files_in(_work_dir(folders)))
+            hooks = [_standard_hooks(client, member, _work_dir(folders), evaluator, objective) for member in members]
             return train_population(variant, [m.config for m in members], data, hooks, [m.resume for m in members])
         except BaseException as e:
             own = e.errors if isinstance(e, MemberErrors) else {}  # members whose hooks raised: their own
@@ -93,6 +94,24 @@ def _standard_hooks(client: Any, member: TrackedMember, work: Path, evaluator: E
 
 
 _WORK_PREFIX = "gansweep-run-"
+
+
+def _work_dir(folders: contextlib.ExitStack) -> Path:
+    """A temporary folder of this process's, named for its pid, removed when `folders` closes."""
+    return Path(folders.enter_context(tempfile.TemporaryDirectory(prefix=f"{_WORK_PREFIX}{os.getpid()}-")))
+
+
+@contextlib.contextmanager
+def _temporary_files_in(folder: Path) -> Iterator[None]:
+    """Every temporary file of the process goes into `folder` meanwhile, libraries' too (MLflow writes each
+    logged sample image through a temporary folder of its own): a process killed in the middle of one leaves it
+    inside its work folder, which the next run on the machine removes, rather than in /tmp for ever."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
 
 
 def _remove_dead_work_dirs() -> None:

@@ -181,6 +181,53 @@ def test_a_killed_worker_s_point_runs_again_from_its_checkpoint_into_the_same_ru
     assert resumed.value == pytest.approx(whole["score/fid_proxy"][12], rel=1e-5)
 
 
+def test_temporary_files_made_while_runs_train_live_in_the_process_s_folder_which_outlives_no_process(
+        tmp_path, monkeypatch, tiny_data):
+    """MLflow writes each logged sample image through a temporary folder of its own; a process killed inside
+    one cannot remove it. While runs train, every temporary file goes into a `gansweep-run-PID-` folder of the
+    process: removed at the end, and by the next run on the machine when the process was killed."""
+    import tempfile
+
+    from gansweep.evaluation import Evaluator
+    from gansweep.feature_training import Recipe, train_classifier
+    from gansweep.hooks import Hook
+    from gansweep.runs import tracked_training
+    from gansweep.tracking import experiment_id
+    from gansweep.variants import get_variant
+
+    from conftest import TINY
+
+    tmp = tmp_path / "tmp"
+    dead = tmp / "gansweep-run-999999999-x"  # beyond any pid: a process that is gone
+    (dead / "tmpmlflow").mkdir(parents=True)
+    alive = tmp / f"gansweep-run-{os.getppid()}-x"  # pytest's parent: alive
+    alive.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+    class Scratch(Hook):
+        """Makes a temporary folder at each epoch's end, as a library would."""
+
+        def __init__(self):
+            self.made = []
+
+        def on_epoch_end(self, state):
+            self.made.append(Path(tempfile.mkdtemp()))
+
+    scratch = Scratch()
+    evaluator = Evaluator(train_classifier(tiny_data, Recipe(epochs=1)), tiny_data, 32)
+    store = client_for(f"sqlite:///{tmp_path}/store.db")
+    run_id = store.create_run(experiment_id(store, "scratch")).info.run_id
+    variant = get_variant("gan")
+    result = tracked_training(store, run_id, variant, variant.config(**{**TINY, "epochs": 2}), tiny_data,
+                              evaluator, "fid_proxy", {}, [scratch])
+    assert result.status == "finished" and len(scratch.made) == 2
+    for made in scratch.made:
+        assert made.parent.name.startswith(f"gansweep-run-{os.getpid()}-") and made.parent.parent == tmp
+        assert not made.exists()
+    assert tempfile.tempdir == str(tmp)  # as it was before
+    assert sorted(p.name for p in tmp.iterdir()) == [alive.name]  # the dead process's folder is gone
+
+
 def test_ctrl_c_then_the_same_command_resumes_and_equals_a_run_never_stopped(folder):
     process = start(folder)
     wait_for_checkpoint(process, trial=0, epoch=4)
