@@ -154,10 +154,10 @@ Rates = tuple[float, float | None]  # images per second over the whole loop, and
 
 def _rates(clocks: list[_Clock], results: list[TrainResult], device: torch.device) -> Rates:
     """All members' images per second, from the first step and from the first copy of step metrics (None where
-    that copy came at the end)."""
+    that copy came at the end, or a member ended before it)."""
     end, images = clocks[0].start + _elapsed(clocks[0].start, device), sum(r.images_seen for r in results)
     whole = images / (end - clocks[0].start)
-    if clocks[0].settled is None or images == sum(c.settled[1] for c in clocks):
+    if any(c.settled is None for c in clocks) or images == sum(c.settled[1] for c in clocks):
         return whole, None
     return whole, (images - sum(c.settled[1] for c in clocks)) / (end - clocks[0].settled[0])
 

@@ -52,8 +52,9 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """Torch's CPU threads set to one for the block. LAPACK's general eigenvalue routine splits its work by the
-    thread count and rounds differently with each (measured: FID's last digits moved from 4 threads on, on a 2-core
-    AMD EPYC), so a score taken on one thread is the same whatever the machine's thread count."""
+    thread count and rounds differently at some counts (measured on a 2-core AMD EPYC: at every count from 4 to 16
+    for one matrix, at 5, 12 and 16 for another), so a score taken on one thread is the same whatever the
+    machine's thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

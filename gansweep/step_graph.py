@@ -2,17 +2,17 @@
 launches hundreds of kernels from Python.
 
 On CUDA a small GAN step is bound by launching its kernels, not by arithmetic: measured on an H200, one MLP `gan`
-run trained at 14,465 images/s stepped eagerly and at 113,906 captured, a population of 64 at 316,590 and 657,418
-(README, "Populations and training speed"). The graph reads its batch indices from a tensor of its own, copied in
-before each replay, and draws noise, penalty interpolations and dropout masks from the members' own generators,
-registered with it: a replay advances them as the eager step would, and the batch order drawn from them between
-replays stays in step. So a replayed step computes what the eager one does: to the bit for the MLP variants, and
-within float tolerance for the convolutional ones, whose cuDNN kernels round differently inside a capture
-(tests/test_cuda.py, run on an H200). A graph keeps the step as it was captured, which members it updates
-among them; when a member ends, the next step is captured again. The first steps after each capture point are
-taken eagerly on a side stream, as CUDA graphs need (lazy initialisation, cuBLAS workspaces, autograd's
-buffers). On the CPU, with `CAPTURE_ON_CUDA` off, or with a torch whose graphs cannot take a generator of one's
-own, every step is eager.
+run trained at 14,465 images/s stepped eagerly and at 95,959 captured (113,906 past the warm-up and the capture), a
+population of 64 at 316,590 and 644,498 (README, "Populations and training speed"). The graph reads its batch
+indices from a tensor of its own, copied in before each replay, and draws noise, penalty interpolations and dropout
+masks from the members' own generators, registered with it: a replay advances them as the eager step would, and the
+batch order drawn from them between replays stays in step. So a replayed step computes what the eager one does: to
+the bit for the MLP variants, and within float tolerance for the convolutional ones, whose cuDNN kernels round
+differently inside a capture (tests/test_cuda.py, run on an H200). A graph keeps the step as it was captured, which
+members it updates among them; when a member ends, the next step is captured again. The first steps after each
+capture point are taken eagerly on a side stream, as CUDA graphs need (lazy initialisation, cuBLAS workspaces,
+autograd's buffers). On the CPU, with `CAPTURE_ON_CUDA` off, or with a torch whose graphs cannot take a generator of
+one's own, every step is eager.
 """
 
 from __future__ import annotations

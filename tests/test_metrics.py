@@ -41,15 +41,16 @@ def test_frechet_distance_of_two_known_gaussians():
 
 
 def test_frechet_distance_has_the_same_bits_on_any_thread_count_and_leaves_the_count_as_it_was():
-    """LAPACK's eigenvalue routine rounds differently with 4 or more threads than with 1 on this project's CPU;
-    the distance must not, and the caller's thread count must come back."""
+    """LAPACK's eigenvalue routine rounds differently at some thread counts from 4 on than with 1 on this
+    project's CPU (which counts depends on the matrix); the distance must not, and the caller's count must come
+    back."""
     generator = torch.Generator().manual_seed(0)
     a = gaussian_stats(torch.randn(500, 128, generator=generator))
     b = gaussian_stats(torch.randn(500, 128, generator=generator) * 1.2 + 0.1)
     threads = torch.get_num_threads()
     try:
         distances = []
-        for k in (1, 2, 3, 4, 8, 16):
+        for k in (1, 2, 3, 4, 5, 8, 12, 16):
             torch.set_num_threads(k)
             distances.append(frechet_distance(a, b))
             assert torch.get_num_threads() == k
