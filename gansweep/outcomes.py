@@ -61,8 +61,9 @@ class Outcomes:
         self.failed[key] = f"{what} failed {tries} time(s): {reason}"
         self.end(trial, run_id, "failed", reason)
 
-    def end(self, trial: Any, run_id: str, status: str, reason: str) -> None:
-        """Record a trial that did not finish, and end its run if it still runs."""
+    def end(self, trial: Any, run_id: str, status: str, reason: str, retell: bool = False) -> None:
+        """Record a trial that did not finish, and end its run if it still runs; `retell`: a run already ended
+        gets this reason too (it was ended with the bare error, and the runner knows more)."""
         from gansweep.tracking import end_run
 
         try:
@@ -71,6 +72,8 @@ class Outcomes:
             self.study.tell(trial, state=TrialState.FAIL)
             if self.client.get_run(run_id).info.status == "RUNNING":
                 end_run(self.client, run_id, status, reason)
+            elif retell:
+                self.client.set_tag(run_id, "gansweep.reason", reason)
             self.counted()
         except Exception as e:
             print(f"warning: trial {trial.number} ended ({status}: {reason}) but could not be recorded: "

@@ -237,7 +237,7 @@ class TrialRunner:
         for m in members:
             resumable(m.trial)
             self.outcomes.end(m.trial, m.tracked.run_id, "failed", f"out of memory in a population of {size}; "
-                      f"run again in populations of at most {self.population}")
+                              f"run again in populations of at most {self.population}", retell=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if self.progress:
