@@ -16,7 +16,7 @@ import click
 
 from gansweep import __version__
 from gansweep.cli_checkpoints import evaluate, interpolate, sample
-from gansweep.cli_options import MIXED, Group, InputError, plain_table, reading, store_options
+from gansweep.cli_options import MIXED, Group, InputError, plain_table, reading, store_flags, store_options
 from gansweep.store import resolve_store  # light: no torch, mlflow or optuna
 
 __all__ = ["main"]
@@ -95,9 +95,10 @@ def train(variant: str, dataset: str, data_root: str | None, store: str | None, 
     click.echo(f"{result.status}: {result.reason}")
     scores = {k.removeprefix("score/"): v for k, v in result.scores.items() if k.startswith("score/")}
     if scores:
-        click.echo("scores: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        click.echo("scores (validation slice): " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     click.echo(f"MLflow run {outcome.run_id} in {outcome.tracking_uri}")
-    click.echo(f"next: gansweep sample {outcome.run_id}   |   gansweep ui  ->  "
+    flags = store_flags(store, tracking_uri)
+    click.echo(f"next: gansweep sample {outcome.run_id}{flags}   |   gansweep ui{flags}  ->  "
                f"{experiment_url('127.0.0.1', 5000, outcome.experiment_id)}")
     if result.status == "diverged":
         raise SystemExit(1)
@@ -155,7 +156,7 @@ def study(name: str, variants: tuple[str, ...], seeds: str | None, **options: An
     click.echo(f"MLflow: {outcome.tracking_uri}  (parent run {outcome.parent_run_id})")
     click.echo(f"Optuna: {outcome.storage}")
     url = experiment_url("127.0.0.1", 5000, outcome.experiment_id, view_key(outcome.spec.name))
-    click.echo(f"browse: gansweep ui  ->  {url}")
+    click.echo(f"browse: gansweep ui{store_flags(options['store'], options['tracking_uri'])}  ->  {url}")
     if outcome.failed:
         click.echo(f"{len(outcome.failed)} point(s) failed and were given up for now; run the study again to "
                    f"retry them. " + " | ".join(outcome.failed), err=True)

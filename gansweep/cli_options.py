@@ -3,6 +3,7 @@ store's options, and the plain table the listing and scoring commands print."""
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import click
@@ -10,7 +11,7 @@ import click
 from gansweep.errors import GansweepError
 from gansweep.store import Store, resolve_store  # light: no torch, mlflow or optuna
 
-__all__ = ["InputError", "Group", "plain_table", "store_options", "MIXED", "reading"]
+__all__ = ["InputError", "Group", "plain_table", "store_options", "store_flags", "MIXED", "reading"]
 
 
 class InputError(click.ClickException):
@@ -43,6 +44,12 @@ def store_options(command: Any) -> Any:
                            help="MLflow part of the store instead [env MLFLOW_TRACKING_URI].")(command)
     return click.option("--store", default=None, help="Folder of the MLflow database, artifacts and Optuna "
                                                       "journal [env GANSWEEP_STORE, else ./mlruns].")(command)
+
+
+def store_flags(store: str | None, tracking_uri: str | None) -> str:
+    """The store options as given, for a printed next command that must reach the same store."""
+    given = (("--store", store), ("--tracking-uri", tracking_uri))
+    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in given if value is not None)
 
 
 MIXED = click.option("--mixed-scoring", is_flag=True, help="Rank runs scored with different feature networks or "

@@ -159,6 +159,7 @@ def test_a_wheel_installed_elsewhere_lists_and_runs_its_shipped_studies(tmp_path
                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--storage", str(tmp_path / "optuna.journal"))
     assert run.returncode == 0, run.stdout
     assert "study lr-sensitivity: 1 trial(s) run now, 1 in all" in run.stdout
+    assert f"browse: gansweep ui --tracking-uri sqlite:///{tmp_path}/m.db  -> " in run.stdout  # the same store
     assert (tmp_path / "m.db").is_file() and (tmp_path / "optuna.journal").is_file()
     assert not (elsewhere / "mlruns").exists()
     report = gansweep("report", "lr-sensitivity", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",

@@ -1,4 +1,5 @@
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,12 @@ def test_train_is_a_tracked_mlflow_run(tmp_path, monkeypatch, mnist5k_classifier
     assert 0 < run.data.metrics["floor/fid_proxy"] < run.data.metrics["score/fid_proxy"]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
         "checkpoints/last.pt", "checkpoints/best.pt"}
+    (hint,) = [line for line in result.output.splitlines() if line.startswith("next: ")]
+    command = shlex.split(hint.removeprefix("next: ").split("|")[0])  # the store asked for, repeated
+    assert command == ["gansweep", "sample", run.info.run_id, "--tracking-uri", uri]
+    sampled = invoke(*command[1:], "-o", tmp_path / "grid.png")
+    assert sampled.exit_code == 0 and (tmp_path / "grid.png").is_file(), sampled.output
+    assert "scores (validation slice): fid_proxy" in result.output
     again = invoke(*args, "--epochs", "1")
     assert again.exit_code == 0
     assert len(client.search_runs([client.get_experiment_by_name("mine").experiment_id])) == 2  # a new run
