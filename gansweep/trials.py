@@ -164,7 +164,7 @@ class TrialRunner:
             run_id = resume.run_id  # tagged with this trial before it runs again, so nobody ends it as lost
             self.client.set_tag(run_id, "gansweep.trial", str(trial.number))
             self.client.set_tag(run_id, "gansweep.resumed", f"trial {resume.trial} at epoch {resume.saved['epoch']}")
-            self.client.update_run(run_id, status="RUNNING")
+            self.client.update_run(run_id, status="RUNNING", name=name)  # its number, as in every table
             trial.set_user_attr("resumed_at_epoch", resume.saved["epoch"])
         trial.set_user_attr("mlflow_run_id", run_id)
         label = name

@@ -168,6 +168,7 @@ def test_a_killed_worker_s_point_runs_again_from_its_checkpoint_into_the_same_ru
     assert resumed.user_attrs["mlflow_run_id"] == killed_run and resumed.user_attrs["resumed_at_epoch"] >= 3
     run = client().get_run(killed_run)
     assert run.info.status == "FINISHED" and run.data.tags["gansweep.trial"] == str(resumed.number)
+    assert run.info.run_name.endswith(f" #{resumed.number:03d}") and resumed.number != killed.number
     assert sorted(t.params["lr"] for t in trials if t.state == TrialState.COMPLETE) == [2e-4, 1e-3]
     nothing_running()
     parents = [r for r in client().search_runs([run.info.experiment_id]) if r.data.tags["gansweep.role"] == "parent"]
