@@ -199,7 +199,7 @@ def ui(store: str | None, tracking_uri: str | None, host: str, port: int, worker
 @main.command()
 @click.argument("study")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="New or empty folder [default mlruns/reports/STUDY-TIME].")
+              help="New or empty folder [default STORE/reports/STUDY-TIME; STORE is ./mlruns unless given].")
 @MIXED
 @store_options
 def report(study: str, out: Path | None, mixed_scoring: bool, store: str | None, tracking_uri: str | None) -> None:
