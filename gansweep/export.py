@@ -228,10 +228,12 @@ def pick_columns(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
 def _formatter(column: pd.Series) -> Any:
     """One format for a whole numeric column, so its numbers line up and compare: small values (learning rates)
-    in one exponent style, large ones as plain whole numbers, the rest to four significant digits."""
+    in one exponent style (a zero as 0), large ones as plain whole numbers, the rest to four significant digits."""
     finite = [abs(v) for v in column if isinstance(v, float) and math.isfinite(v) and v != 0]
     if finite and max(finite) < 1e-2:
         def fmt(v: float) -> str:
+            if v == 0:
+                return "0"
             mantissa, exponent = f"{v:.{_SIGNIFICANT - 1}e}".split("e")
             return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
     elif finite and min(finite) >= 10 ** _SIGNIFICANT:

@@ -121,9 +121,11 @@ def test_numbers_keep_one_plain_format_per_column():
     from gansweep.export import render
 
     table = pd.DataFrame({"lr": [1e-4, 3e-4, 1e-3], "images": [132800.0, 5000.0, 64.0],
-                          "big": [132800.0, 250000.0, 10000.0], "fid": [301.234, 45.6789, 1.5]})
+                          "big": [132800.0, 250000.0, 10000.0], "fid": [301.234, 45.6789, 1.5],
+                          "recall": [0.0, 6e-3, 2.5e-3]})
     header, rows, _ = _cells(render(table, "md"))
     assert [r[0] for r in rows] == ["1e-4", "3e-4", "1e-3"]
+    assert [r[4] for r in rows] == ["0", "6e-3", "2.5e-3"]  # never 0e0
     assert [r[1] for r in rows] == ["132800", "5000", "64"]  # never 1.328e+05
     assert [r[2] for r in rows] == ["132800", "250000", "10000"]
     assert [r[3] for r in rows] == ["301.2", "45.68", "1.5"]
