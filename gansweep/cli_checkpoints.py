@@ -35,11 +35,16 @@ def _picture_options(default_name: str) -> Any:
 
 
 def _run_id(ref: str, best: bool, uri: str) -> str:
-    """The run RUN_ID names: its id or the first 8 characters of it, or with --best a study's best trial."""
+    """The run RUN_ID names: its id or the first 8 characters of it, or with --best a study's best trial (which
+    it says)."""
     from gansweep.generate import best_run
     from gansweep.tracking import client_for, full_run_id
 
-    return best_run(uri, ref) if best else full_run_id(client_for(uri, create=False), ref)
+    if not best:
+        return full_run_id(client_for(uri, create=False), ref)
+    run_id = best_run(uri, ref)
+    click.echo(f"the best finished trial of {ref}: run {run_id}", err=True)
+    return run_id
 
 
 @click.command()

@@ -127,7 +127,8 @@ def full_run_id(client: MlflowClient, ref: str) -> str:
     if len(ref) == 32:
         return ref
     if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
-        raise GansweepError(f"{ref!r} is not a run id: give the 32 hex characters of one, or its first 8")
+        raise GansweepError(f"{ref!r} is not a run id: give the 32 hex characters of one, or its first 8 "
+                            f"(a study's best run: its name and --best)")
     experiments = [e.experiment_id for e in client.search_experiments()]
     found = [r.info.run_id for r in client.search_runs(experiments, max_results=50000) if r.info.run_id.startswith(ref)]
     if len(found) != 1:

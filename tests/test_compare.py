@@ -286,18 +286,21 @@ def test_the_report_draws_losses_against_images_seen_and_each_loss_on_its_own_ax
 
 
 def test_sample_and_interpolate_from_the_best_trial(in_store, tmp_path):
+    from gansweep.generate import best_run
+
     client = MlflowClient(resolve_store().tracking_uri)
     table = comparison_table(client, find_runs(client, study="small")[0], ["fid_proxy"])
     best = table.sort_values("fid_proxy").iloc[0]["run_id"]
     sampled = invoke("sample", "small", "--best", "--n", "20", "-o", tmp_path / "s.png")
     assert sampled.exit_code == 0, sampled.output
+    assert f"the best finished trial of small: run {best_run(client.tracking_uri, 'small')}" in sampled.output
     assert Image.open(tmp_path / "s.png").size == (10 * 30 + 2, 2 * 30 + 2)  # one column per class
     path = tmp_path / "i.png"
     result = invoke("interpolate", best[:8], "--steps", "5", "--pairs", "3", "-o", path)  # as tables print it
     assert result.exit_code == 0, result.output
     assert Image.open(path).size == (5 * 30 + 2, 6 * 30 + 2)  # conditional: 3 noise rows and 3 class rows
     assert invoke("interpolate", best, "-o", path).exit_code == 2  # never overwritten
-    for ref, says in (("0000abcd", "no run id begins with '0000abcd'"), ("xyz", "is not a run id"),
+    for ref, says in (("0000abcd", "no run id begins with '0000abcd'"), ("xyz", "its name and --best"),
                       ("", "is not a run id")):
         refused = invoke("sample", ref, "-o", tmp_path / "never.png")
         assert refused.exit_code == 2 and says in refused.output and "Traceback" not in refused.output, ref
