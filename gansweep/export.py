@@ -21,7 +21,7 @@ from gansweep.scores import SCORES
 
 __all__ = ["FORMATS", "DEFAULT_METRICS", "STATUS_LABELS", "FoundRuns", "find_runs", "study_objective", "best_row",
            "comparison_table", "group_table", "sort_table", "short_columns", "pick_columns", "rounded", "render",
-           "export_table"]
+           "export_table", "short_value"]
 
 FORMATS = ("csv", "md", "latex", "html", "json")
 DEFAULT_METRICS = ("fid_proxy", "kid_proxy", "is_proxy", "coverage", "precision", "recall", "cond_accuracy")
@@ -224,6 +224,16 @@ def pick_columns(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     picked = table[list(columns)]
     picked.attrs = dict(table.attrs)
     return picked
+
+
+def short_value(value: Any) -> str:
+    """A swept value as a person writes it in a name: 3e-4, 0.5, 5."""
+    if not isinstance(value, float):
+        return str(value)
+    if value != 0 and abs(value) < 1e-2:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.3g}"
 
 
 def _formatter(column: pd.Series) -> Any:

@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from gansweep.export import short_value
+
 __all__ = ["LOG_AXES", "Palette", "colors", "label", "sensitivity", "curves", "contact_sheet"]
 
 LOG_AXES = ("lr", "lr_g", "lr_d")  # swept names drawn on a log axis
@@ -68,7 +70,8 @@ class Palette:
         if not self.numeric:
             return [plt.Line2D([], [], color=c, label=v) for v, c in self.variant_colors.items()]
         shown = self.values if len(self.values) <= _MAX_GRID_VALUES else [self.values[0], self.values[-1]]
-        handles = [plt.Line2D([], [], color=self.cmap(self.norm(v)), label=f"{self.axis}={v:g}") for v in shown]
+        handles = [plt.Line2D([], [], color=self.cmap(self.norm(v)), label=f"{self.axis}={short_value(v)}")
+                   for v in shown]
         if len(self.styles) > 1:
             handles += [plt.Line2D([], [], color="grey", linestyle=st, label=v) for v, st in self.styles.items()]
         return handles
@@ -169,7 +172,7 @@ def curves(histories: dict[str, dict[str, list[tuple[int, float]]]], table: pd.D
 
 
 def label(row: pd.Series, axis: str | None, metric: str) -> str:
-    swept = f"{axis}={row[axis]:g}" if axis and isinstance(row[axis], numbers.Number) else ""
+    swept = f"{axis}={short_value(row[axis])}" if axis and isinstance(row[axis], numbers.Number) else ""
     score = f"{metric} {row[metric]:.3g}" if isinstance(row.get(metric), float) and math.isfinite(row[metric]) \
         else row["status"]
     return f"#{row['trial']} {row['variant']} {swept} s{row['seed']}\n{score}"

@@ -21,6 +21,7 @@ import torch
 
 from gansweep.attempts import asked_params, point_key
 from gansweep.errors import GansweepError, failure_reason, reason
+from gansweep.export import short_value
 from gansweep.grouping import member_key, members_that_fit
 from gansweep.hooks import Hook, MemberErrors
 from gansweep.liveness import Liveness
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from gansweep.runs import TrackedMember
     from gansweep.variants import Variant
 
-__all__ = ["TrialRunner", "Member", "Ask", "short_value"]
+__all__ = ["TrialRunner", "Member", "Ask"]
 
 # Asks Optuna for one trial, keeps it visibly alive in the stack and makes it ready; None where it stood down.
 Ask = Callable[[contextlib.ExitStack], "Member | None"]
@@ -257,12 +258,3 @@ class Member:
     tracked: TrackedMember
     recorded: Recorded
 
-
-def short_value(value: Any) -> str:
-    """A swept value as a person writes it in a name: 3e-4, 0.5, 5."""
-    if not isinstance(value, float):
-        return str(value)
-    if value != 0 and abs(value) < 1e-2:
-        mantissa, exponent = f"{value:.2e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    return f"{value:.3g}"

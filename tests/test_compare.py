@@ -131,6 +131,13 @@ def test_numbers_keep_one_plain_format_per_column():
     assert [r[3] for r in rows] == ["301.2", "45.68", "1.5"]
 
 
+def test_figures_write_a_swept_value_as_the_tables_and_run_names_do():
+    from gansweep.figures import label
+
+    row = pd.Series({"trial": 3, "variant": "gan", "lr": 1e-4, "seed": 0, "fid_proxy": 12.345, "status": "finished"})
+    assert label(row, "lr", "fid_proxy") == "#3 gan lr=1e-4 s0\nfid_proxy 12.3"  # not lr=0.0001
+
+
 def test_the_study_s_printed_table_writes_numbers_as_export_does():
     from gansweep.study_table import format_table
 
