@@ -226,14 +226,19 @@ def pick_columns(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return picked
 
 
+def _exponent(value: float, digits: int) -> str:
+    """`value` to `digits` significant digits in the exponent style of learning rates, 3e-4 (a zero as 0)."""
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def short_value(value: Any) -> str:
     """A swept value as a person writes it in a name: 3e-4, 0.5, 5."""
     if not isinstance(value, float):
         return str(value)
-    if value != 0 and abs(value) < 1e-2:
-        mantissa, exponent = f"{value:.2e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    return f"{value:.3g}"
+    return _exponent(value, 3) if abs(value) < 1e-2 else f"{value:.3g}"
 
 
 def _formatter(column: pd.Series) -> Any:
@@ -242,10 +247,7 @@ def _formatter(column: pd.Series) -> Any:
     finite = [abs(v) for v in column if isinstance(v, float) and math.isfinite(v) and v != 0]
     if finite and max(finite) < 1e-2:
         def fmt(v: float) -> str:
-            if v == 0:
-                return "0"
-            mantissa, exponent = f"{v:.{_SIGNIFICANT - 1}e}".split("e")
-            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+            return _exponent(v, _SIGNIFICANT)
     elif finite and min(finite) >= 10 ** _SIGNIFICANT:
         def fmt(v: float) -> str:
             return f"{v:.0f}"
