@@ -155,11 +155,12 @@ Rates = tuple[float, float | None]  # images per second over the whole loop, and
 def _rates(clocks: list[_Clock], results: list[TrainResult], device: torch.device) -> Rates:
     """All members' images per second, from the first step and from the first copy of step metrics (None where
     that copy came at the end, or a member ended before it)."""
-    end, images = clocks[0].start + _elapsed(clocks[0].start, device), sum(r.images_seen for r in results)
-    whole = images / (end - clocks[0].start)
-    if any(c.settled is None for c in clocks) or images == sum(c.settled[1] for c in clocks):
-        return whole, None
-    return whole, (images - sum(c.settled[1] for c in clocks)) / (end - clocks[0].settled[0])
+    elapsed, images = _elapsed(clocks[0].start, device), sum(r.images_seen for r in results)
+    if any(c.settled is None for c in clocks):
+        return images / elapsed, None
+    after = images - sum(c.settled[1] for c in clocks)
+    settled_for = clocks[0].start + elapsed - clocks[0].settled[0]
+    return images / elapsed, (after / settled_for if after else None)
 
 
 def gansweep_run(variant: Variant, config: TrainConfig, data: Dataset) -> Rates:
